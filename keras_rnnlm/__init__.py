@@ -1,0 +1,38 @@
+"""keras_rnnlm: RNN language models on Keras 3."""
+
+from keras_rnnlm.cells import GRUCell, LSTMCell, SimpleRNNCell
+from keras_rnnlm.layers import Bidirectional, Recurrent, StackedRecurrent
+from keras_rnnlm.losses import MaskedLanguageModelLoss
+from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
+from keras_rnnlm.models import RNNLanguageModel
+from keras_rnnlm.training import (
+    PRESETS,
+    EpochDecay,
+    ResetStatesCallback,
+    StopOnNaN,
+    compile_language_model,
+    evaluate_perplexity,
+    make_optimizer,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "Bidirectional",
+    "BitsPerCharacter",
+    "EpochDecay",
+    "GRUCell",
+    "LSTMCell",
+    "MaskedLanguageModelLoss",
+    "Perplexity",
+    "RNNLanguageModel",
+    "Recurrent",
+    "ResetStatesCallback",
+    "SimpleRNNCell",
+    "StackedRecurrent",
+    "StopOnNaN",
+    "compile_language_model",
+    "evaluate_perplexity",
+    "make_optimizer",
+]

@@ -1,0 +1,30 @@
+"""Vocabulary, tf.data pipelines and corpora."""
+
+from keras_rnnlm.data.corpora import Corpus, load_corpus, python_docs_corpus, text_files_corpus
+from keras_rnnlm.data.pipelines import (
+    encode_corpus,
+    sentence_dataset,
+    sentence_windows,
+    stream_batches,
+    stream_dataset,
+    token_stream,
+)
+from keras_rnnlm.data.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary
+
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "UNK_ID",
+    "Corpus",
+    "Vocabulary",
+    "encode_corpus",
+    "load_corpus",
+    "python_docs_corpus",
+    "sentence_dataset",
+    "sentence_windows",
+    "stream_batches",
+    "stream_dataset",
+    "text_files_corpus",
+    "token_stream",
+]

@@ -1,0 +1,133 @@
+"""Corpora, read the way a user would: TFDS builders with a manual directory, or text files.
+
+* ``ptb``: Mikolov's Penn Treebank through the ``ptb`` TFDS builder defined here; it reads
+  ``ptb.{train,valid,test}.txt`` from a manual directory and downloads them when online.
+* ``tiny_shakespeare``: TFDS's own builder; give it the directory holding ``input.txt``.
+* ``python_docs``: CPython's bundled documentation (``pydoc_data.topics``), always offline.
+* text files: one sentence per line.
+"""
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+CORPORA = ("python_docs", "ptb", "tiny_shakespeare")
+
+
+@dataclasses.dataclass
+class Corpus:
+    """Lines of text per split, and how to tokenise them."""
+
+    name: str
+    train: list[str]
+    valid: list[str]
+    test: list[str]
+    level: str = "word"
+    lowercase: bool = False
+    pretokenized: bool = False
+
+    def split(self, name: str) -> list[str]:
+        return {"train": self.train, "valid": self.valid, "test": self.test}[name]
+
+
+def shared_data_dir() -> Path:
+    """``$KERAS_RNNLM_DATA`` if set, else ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("KERAS_RNNLM_DATA", DEFAULT_SHARED_DATA))
+
+
+def read_lines(path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Text file not found: {path}")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def python_docs_corpus(level: str = "word") -> Corpus:
+    """CPython's bundled documentation, split 90/5/5 deterministically in blocks of 100 lines.
+
+    Lines without a letter or digit (reStructuredText underlines) are dropped.
+    """
+    from pydoc_data.topics import topics
+
+    lines = []
+    for name in sorted(topics):
+        lines.extend(line.strip() for line in topics[name].splitlines())
+    lines = [line for line in lines if re.search(r"\w", line)]
+    splits = {"train": [], "valid": [], "test": []}
+    for block_start in range(0, len(lines), 100):
+        block = block_start // 100
+        split = "valid" if block % 20 == 18 else "test" if block % 20 == 19 else "train"
+        splits[split].extend(lines[block_start : block_start + 100])
+    return Corpus("python_docs", level=level, lowercase=(level == "word"), **splits)
+
+
+def text_files_corpus(train_file, valid_file=None, test_file=None, level="word", lowercase=False) -> Corpus:
+    """The user's own files, one sentence per line. Missing valid/test splits are empty."""
+    return Corpus(
+        name=Path(train_file).stem,
+        train=read_lines(train_file),
+        valid=read_lines(valid_file) if valid_file else [],
+        test=read_lines(test_file) if test_file else [],
+        level=level,
+        lowercase=lowercase,
+    )
+
+
+def _tfds_download_config(manual_dir):
+    import tensorflow_datasets as tfds
+
+    return tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False)
+
+
+def _tfds_texts(name, data_dir, manual_dir, splits):
+    import tensorflow_datasets as tfds
+
+    from keras_rnnlm.data import ptb_builder  # noqa: F401  (registers the "ptb" builder)
+
+    datasets = tfds.load(
+        name,
+        split=list(splits),
+        data_dir=str(data_dir),
+        download=True,
+        download_and_prepare_kwargs={"download_config": _tfds_download_config(manual_dir)},
+    )
+    texts = []
+    for ds in datasets:
+        texts.append([ex["text"].decode("utf-8") for ex in tfds.as_numpy(ds)])
+    return texts
+
+
+def _default_tfds_data_dir() -> Path:
+    return Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
+
+
+def ptb_corpus(manual_dir=None, data_dir=None) -> Corpus:
+    """Penn Treebank (word level, already tokenised and lower-cased; ``<unk>`` is id 1)."""
+    manual_dir = Path(manual_dir) if manual_dir else shared_data_dir() / "ptb"
+    data_dir = data_dir or _default_tfds_data_dir()
+    train, valid, test = _tfds_texts("ptb", data_dir, manual_dir, ["train", "validation", "test"])
+    return Corpus("ptb", train=train, valid=valid, test=test, level="word", pretokenized=True)
+
+
+def tiny_shakespeare_corpus(manual_dir=None, data_dir=None, level="char") -> Corpus:
+    """TFDS ``tiny_shakespeare`` (one text per split), cut into lines."""
+    manual_dir = Path(manual_dir) if manual_dir else shared_data_dir() / "tiny_shakespeare"
+    data_dir = data_dir or _default_tfds_data_dir()
+    texts = _tfds_texts("tiny_shakespeare", data_dir, manual_dir, ["train", "validation", "test"])
+    train, valid, test = ([line for t in split for line in t.splitlines()] for split in texts)
+    return Corpus("tiny_shakespeare", train=train, valid=valid, test=test, level=level)
+
+
+def load_corpus(name: str, manual_dir=None, data_dir=None, level: str | None = None) -> Corpus:
+    """Load a named corpus: ``python_docs``, ``ptb`` or ``tiny_shakespeare``."""
+    if name == "python_docs":
+        return python_docs_corpus(level or "word")
+    if name == "ptb":
+        if level == "char":
+            raise ValueError("The ptb corpus is word level; use --level word.")
+        return ptb_corpus(manual_dir, data_dir)
+    if name == "tiny_shakespeare":
+        return tiny_shakespeare_corpus(manual_dir, data_dir, level or "char")
+    raise ValueError(f"Unknown corpus {name!r}; expected one of {CORPORA} or text files.")

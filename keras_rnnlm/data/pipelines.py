@@ -1,0 +1,140 @@
+"""tf.data pipelines: sentence batches (teacher forcing, padded, bucketed) and TBPTT streams.
+
+Sentence mode (the lecture's "SGD on batches of sentences")::
+
+    <bos> the cat sat <eos>  ->  inputs  <bos> the cat sat      targets  the cat sat <eos>
+
+Each sentence becomes one example, right-padded with 0 inside its batch; batches group
+sentences of similar length (``bucket_by_sequence_length``) so little compute is spent on
+padding. Sentences longer than ``max_length`` predictions are split into consecutive windows
+that overlap by one token, so every target is still predicted exactly once.
+
+Stream mode (truncated back-propagation through time, Zaremba et al. 2014): the corpus is one
+token stream (``<eos>`` after every sentence), cut into ``batch_size`` parallel rows and then
+into ``num_steps`` windows; window ``i + 1`` of a row continues window ``i``, so a stateful
+model can carry its state across batches.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_rnnlm.data.vocabulary import BOS_ID, EOS_ID
+
+
+def encode_corpus(vocabulary, sentences: Sequence[str]) -> list[list[int]]:
+    """Encode text lines into id lists; empty lines are dropped."""
+    encoded = (vocabulary.encode(s) for s in sentences)
+    return [ids for ids in encoded if ids]
+
+
+def sentence_windows(sentences: Sequence[Sequence[int]], max_length: int | None = None) -> list[np.ndarray]:
+    """``<bos> ids <eos>`` per sentence, split into windows of at most ``max_length + 1`` ids.
+
+    A window of ``n`` ids gives ``n - 1`` predictions; consecutive windows share one id so
+    that no target is lost or repeated. Windows with fewer than 2 ids predict nothing and are
+    dropped.
+    """
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}.")
+    windows = []
+    for ids in sentences:
+        seq = np.asarray([BOS_ID, *ids, EOS_ID], dtype=np.int32)
+        if max_length is None or len(seq) <= max_length + 1:
+            windows.append(seq)
+            continue
+        for start in range(0, len(seq) - 1, max_length):
+            window = seq[start : start + max_length + 1]
+            if len(window) >= 2:
+                windows.append(window)
+    return windows
+
+
+def default_bucket_boundaries(lengths: Sequence[int], num_buckets: int = 8) -> list[int]:
+    """Bucket boundaries at quantiles of the example lengths (strictly increasing)."""
+    if len(lengths) == 0:
+        return []
+    quantiles = np.quantile(np.asarray(lengths), np.linspace(0, 1, num_buckets + 1)[1:-1])
+    return sorted({int(q) + 1 for q in quantiles})
+
+
+def sentence_dataset(
+    sentences: Sequence[Sequence[int]],
+    batch_size: int = 32,
+    max_length: int | None = 100,
+    shuffle: bool = True,
+    seed: int | None = None,
+    bucket_boundaries: Sequence[int] | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Batches of ``(inputs, targets)``, int32 ``(batch, time)``, right-padded with 0.
+
+    Args:
+        sentences: id lists without boundary tokens (from ``encode_corpus``).
+        batch_size: sentences per batch.
+        max_length: longest number of predictions per example; longer sentences are split.
+        shuffle: shuffle examples (before bucketing) each epoch.
+        seed: makes the shuffle order reproducible.
+        bucket_boundaries: example-length boundaries; default quantiles of the data.
+        drop_remainder: drop incomplete batches (needed for fixed shapes, e.g. TPU).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    windows = sentence_windows(sentences, max_length)
+    if not windows:
+        raise ValueError("No sentence has anything to predict: the corpus is empty.")
+    lengths = np.array([len(w) - 1 for w in windows], dtype=np.int64)  # predictions per example
+    flat = np.concatenate(windows)
+    ragged = tf.RaggedTensor.from_row_lengths(flat, lengths + 1)
+    dataset = tf.data.Dataset.from_tensor_slices(ragged)
+    if shuffle:
+        dataset = dataset.shuffle(len(windows), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(lambda seq: (seq[:-1], seq[1:]), num_parallel_calls=tf.data.AUTOTUNE)
+    if bucket_boundaries is None:
+        bucket_boundaries = default_bucket_boundaries(lengths)
+    bucket_boundaries = list(bucket_boundaries)
+    dataset = dataset.bucket_by_sequence_length(
+        element_length_func=lambda x, y: tf.shape(x)[0],
+        bucket_boundaries=bucket_boundaries,
+        bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
+        padded_shapes=([None], [None]),
+        padding_values=(0, 0),
+        drop_remainder=drop_remainder,
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def token_stream(sentences: Sequence[Sequence[int]]) -> np.ndarray:
+    """The corpus as one stream: every sentence followed by ``<eos>`` (Mikolov/Zaremba)."""
+    parts = [np.asarray([*ids, EOS_ID], dtype=np.int32) for ids in sentences]
+    return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
+
+
+def stream_batches(stream: np.ndarray, batch_size: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(inputs, targets)`` arrays of shape ``(num_batches, batch_size, num_steps)``.
+
+    Row ``b`` of batch ``i + 1`` continues row ``b`` of batch ``i``; targets are inputs shifted
+    by one. Tokens that do not fill a whole ``batch_size`` x ``num_steps`` window are dropped
+    (fewer than ``batch_size * (num_steps + 1)`` of them).
+    """
+    if batch_size < 1 or num_steps < 1:
+        raise ValueError("batch_size and num_steps must be >= 1.")
+    row_length = len(stream) // batch_size
+    num_batches = (row_length - 1) // num_steps
+    if num_batches < 1:
+        raise ValueError(
+            f"A stream of {len(stream)} tokens is too short for batch_size={batch_size} and "
+            f"num_steps={num_steps}."
+        )
+    rows = np.asarray(stream[: batch_size * row_length], np.int32).reshape(batch_size, row_length)
+    span = num_batches * num_steps
+    inputs = rows[:, :span].reshape(batch_size, num_batches, num_steps).transpose(1, 0, 2)
+    targets = rows[:, 1 : span + 1].reshape(batch_size, num_batches, num_steps).transpose(1, 0, 2)
+    return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
+
+
+def stream_dataset(sentences: Sequence[Sequence[int]], batch_size: int = 20, num_steps: int = 20) -> tf.data.Dataset:
+    """TBPTT batches in order (never shuffled), static shape ``(batch_size, num_steps)``."""
+    inputs, targets = stream_batches(token_stream(sentences), batch_size, num_steps)
+    return tf.data.Dataset.from_tensor_slices((inputs, targets)).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,62 @@
+"""Streaming, exact perplexity and bits per character."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_rnnlm.losses import token_nll
+
+_PACKAGE = "keras_rnnlm"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Perplexity(keras.metrics.Metric):
+    """``exp(total NLL / total real tokens)`` over everything seen since the last reset.
+
+    Not a mean of per-batch perplexities or losses: a batch with many real tokens weighs
+    more than a short one, exactly as in the definition of corpus perplexity. Padding
+    (target 0) never counts.
+
+    Args:
+        name: metric name.
+
+    Example:
+
+    >>> model.compile(loss=MaskedLanguageModelLoss(), metrics=[Perplexity()])
+    """
+
+    def __init__(self, name="perplexity", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total_nll = self.add_variable(shape=(), initializer="zeros", name="total_nll", dtype="float64")
+        self.total_tokens = self.add_variable(shape=(), initializer="zeros", name="total_tokens", dtype="float64")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        nll, mask = token_nll(y_true, y_pred)
+        if sample_weight is not None:
+            weight = ops.cast(sample_weight, mask.dtype)
+            weight = weight[:, None] if len(weight.shape) == 1 else weight
+            nll, mask = nll * weight, mask * weight
+        self.total_nll.assign_add(ops.cast(ops.sum(nll), "float64"))
+        self.total_tokens.assign_add(ops.cast(ops.sum(mask), "float64"))
+
+    def mean_nll(self):
+        return ops.divide_no_nan(self.total_nll, self.total_tokens)
+
+    def result(self):
+        return ops.cast(ops.exp(self.mean_nll()), "float32")
+
+    def reset_state(self):
+        self.total_nll.assign(0.0)
+        self.total_tokens.assign(0.0)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BitsPerCharacter(Perplexity):
+    """``total NLL / total real tokens / ln 2`` for character-level models (same streaming)."""
+
+    def __init__(self, name="bits_per_character", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def result(self):
+        return ops.cast(self.mean_nll() / math.log(2.0), "float32")

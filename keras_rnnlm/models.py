@@ -1,0 +1,186 @@
+"""Models built from ``keras_rnnlm.layers``: the RNN language model."""
+
+import keras
+from keras import ops
+
+from keras_rnnlm.cells import CELLS
+from keras_rnnlm.layers import StackedRecurrent
+
+_PACKAGE = "keras_rnnlm"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RNNLanguageModel(keras.Model):
+    """A (multi-layer) recurrent language model: ``P(x_{t+1} | x_1..x_t)`` at every position.
+
+    ``token ids -> Embedding -> StackedRecurrent -> Dense(vocabulary_size)``: the logits at
+    position ``t`` predict token ``t + 1`` (teacher forcing: the true previous tokens are fed
+    in). It is causal (position ``t`` only sees tokens ``<= t``) and padding-invariant (id 0
+    is padding and is masked in the recurrence, so appending padding changes nothing).
+
+    Args:
+        vocabulary_size: number of token ids, padding (0) included.
+        cell: ``"lstm"`` (default), ``"gru"`` or ``"simple_rnn"``.
+        num_layers: recurrent layers (default 2).
+        units: hidden size of every layer (default 200).
+        embedding_dim: size of the token embeddings (default 200).
+        dropout: rate on the embeddings, between layers and before the output layer
+            (non-recurrent connections only, Zaremba et al. 2014).
+        tie_embeddings: reuse the embedding matrix as the output matrix (Press & Wolf 2017);
+            needs ``embedding_dim == units``.
+        residual: skip connections between stacked layers.
+        init_scale: if set, every weight matrix starts uniform in ``[-init_scale, init_scale]``
+            (Zaremba: 0.1 small, 0.05 medium, 0.04 large); else Keras's defaults.
+        stateful: carry the recurrent state across batches (TBPTT stream training); needs a
+            fixed batch size; ``reset_states()`` zeros it.
+        use_builtin_layers: use Keras's fused ``keras.layers.LSTM``/``GRU``/``SimpleRNN``
+            (cuDNN on a GPU) instead of ``keras_rnnlm.layers.Recurrent``. The weights have the
+            same layout, so ``set_weights`` moves them between the two.
+        cell_kwargs: extra cell arguments (``unit_forget_bias``, ``reset_after``...).
+
+    Call arguments:
+        inputs: int ``(batch, time)`` token ids, 0 = padding.
+        training: enables dropout.
+
+    Returns:
+        Logits ``(batch, time, vocabulary_size)`` (no Keras mask attached; losses and metrics
+        of ``keras_rnnlm`` mask by target id 0).
+
+    Example:
+
+    >>> model = RNNLanguageModel(vocabulary_size=1000, units=64, embedding_dim=64)
+    >>> logits = model(np.array([[2, 17, 5, 0]]))  # (1, 4, 1000)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        cell="lstm",
+        num_layers=2,
+        units=200,
+        embedding_dim=200,
+        dropout=0.0,
+        tie_embeddings=False,
+        residual=False,
+        init_scale=None,
+        stateful=False,
+        use_builtin_layers=False,
+        cell_kwargs=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(vocabulary_size, int) or vocabulary_size < 2:
+            raise ValueError(f"vocabulary_size must be an int >= 2, got {vocabulary_size!r}.")
+        if cell not in CELLS:
+            raise ValueError(f"Unknown cell {cell!r}; expected one of {sorted(CELLS)}.")
+        if tie_embeddings and embedding_dim != units:
+            raise ValueError(
+                f"tie_embeddings needs embedding_dim == units, got {embedding_dim} and {units}."
+            )
+        self.vocabulary_size = vocabulary_size
+        self.cell = cell
+        self.num_layers = num_layers
+        self.units = units
+        self.embedding_dim = embedding_dim
+        self.dropout = dropout
+        self.tie_embeddings = tie_embeddings
+        self.residual = residual
+        self.init_scale = init_scale
+        self.stateful = stateful
+        self.use_builtin_layers = use_builtin_layers
+        self.cell_kwargs = dict(cell_kwargs or {})
+
+        init = "uniform"
+        if init_scale is not None:
+            init = keras.initializers.RandomUniform(-init_scale, init_scale)
+        cell_kwargs = dict(self.cell_kwargs)
+        if init_scale is not None:
+            cell_kwargs.setdefault("kernel_initializer", init)
+            cell_kwargs.setdefault("recurrent_initializer", init)
+        self.embedding = keras.layers.Embedding(
+            vocabulary_size, embedding_dim, embeddings_initializer=init, name="embedding"
+        )
+        self.rnn = StackedRecurrent(
+            cell=cell,
+            units=units,
+            num_layers=num_layers,
+            dropout=dropout,
+            residual=residual,
+            stateful=stateful,
+            use_builtin_layers=use_builtin_layers,
+            cell_kwargs=cell_kwargs,
+            name="rnn",
+        )
+        if not tie_embeddings:
+            self.output_layer = keras.layers.Dense(
+                vocabulary_size,
+                kernel_initializer=init if init_scale is not None else "glorot_uniform",
+                name="logits",
+            )
+
+    def build(self, input_shape):
+        self.embedding.build(input_shape)
+        self.rnn.build(tuple(input_shape) + (self.embedding_dim,))
+        if self.tie_embeddings:
+            self.output_bias = self.add_weight(
+                shape=(self.vocabulary_size,), initializer="zeros", name="output_bias"
+            )
+        else:
+            self.output_layer.build(tuple(input_shape) + (self.units,))
+        self.built = True
+
+    @property
+    def state_sizes(self):
+        """Per layer, the sizes of the recurrent states (LSTM: ``[h, c]``)."""
+        return self.rnn.state_sizes
+
+    def get_initial_state(self, batch_size):
+        """Zero states: for every layer, a list of ``(batch_size, units)`` tensors."""
+        return [[ops.zeros((batch_size, s)) for s in sizes] for sizes in self.state_sizes]
+
+    def logits_from_hidden(self, hidden):
+        """Output layer: ``(..., units) -> (..., vocabulary_size)`` logits."""
+        if self.tie_embeddings:
+            return ops.matmul(hidden, ops.transpose(self.embedding.embeddings)) + self.output_bias
+        return self.output_layer(hidden)
+
+    def forward(self, token_ids, initial_state=None, training=False):
+        """Logits and the final states (per layer, per state) after reading ``token_ids``.
+
+        Padded positions (id 0) leave the states unchanged, so the final states of a
+        right-padded batch are each row's states after its last real token.
+        """
+        mask = ops.not_equal(token_ids, 0)  # (batch, time)
+        x = self.embedding(token_ids)  # (batch, time, embedding_dim)
+        hidden, states = self.rnn(x, mask=mask, initial_state=initial_state, training=training)
+        return self.logits_from_hidden(hidden), states  # (batch, time, vocabulary_size)
+
+    def call(self, inputs, training=False):
+        return self.forward(inputs, training=training)[0]
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def reset_states(self):
+        """Zero the carried states of a stateful model (start of an epoch or of evaluation)."""
+        self.rnn.reset_state()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "cell": self.cell,
+                "num_layers": self.num_layers,
+                "units": self.units,
+                "embedding_dim": self.embedding_dim,
+                "dropout": self.dropout,
+                "tie_embeddings": self.tie_embeddings,
+                "residual": self.residual,
+                "init_scale": self.init_scale,
+                "stateful": self.stateful,
+                "use_builtin_layers": self.use_builtin_layers,
+                "cell_kwargs": self.cell_kwargs,
+            }
+        )
+        return config

@@ -1,0 +1,200 @@
+"""Compiling and training language models with ``model.fit``: clipping, schedules, callbacks,
+exact evaluation, and the Zaremba et al. (2014) presets."""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_rnnlm.losses import MaskedLanguageModelLoss, token_nll
+from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
+
+OPTIMIZERS = ("sgd", "adam")
+CLIPPING = ("global", "per_variable", "none")
+
+
+def make_optimizer(
+    optimizer: str = "sgd",
+    learning_rate: float = 1.0,
+    clip_norm: float | None = 5.0,
+    clipping: str = "global",
+) -> keras.optimizers.Optimizer:
+    """An SGD or Adam optimizer with gradient-norm clipping.
+
+    ``clipping="global"`` (default, the lecture's clipping, Keras ``global_clipnorm``): if the
+    norm of *all* gradients concatenated, ``||g|| = sqrt(sum_v ||g_v||^2)``, exceeds
+    ``clip_norm``, every gradient is scaled by ``clip_norm / ||g||``; the update keeps its
+    direction. ``clipping="per_variable"`` (Keras ``clipnorm``) clips each variable's
+    gradient on its own, which changes the direction of the update and lets the total norm
+    reach ``clip_norm * sqrt(number of variables)``. Under ``tf.distribute`` strategies
+    Keras clips each replica's gradients before the cross-replica sum, so the effective limit
+    can grow with the number of replicas.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
+    if clipping not in CLIPPING:
+        raise ValueError(f"clipping must be one of {CLIPPING}, got {clipping!r}.")
+    if learning_rate <= 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}.")
+    kwargs = {}
+    if clip_norm is not None and clipping != "none":
+        if clip_norm <= 0:
+            raise ValueError(f"clip_norm must be > 0, got {clip_norm}.")
+        kwargs["global_clipnorm" if clipping == "global" else "clipnorm"] = clip_norm
+    cls = keras.optimizers.SGD if optimizer == "sgd" else keras.optimizers.Adam
+    return cls(learning_rate=learning_rate, **kwargs)
+
+
+def compile_language_model(
+    model: keras.Model,
+    optimizer: str | keras.optimizers.Optimizer = "sgd",
+    learning_rate: float = 1.0,
+    clip_norm: float | None = 5.0,
+    clipping: str = "global",
+    level: str = "word",
+    jit_compile: bool | str = "auto",
+) -> keras.Model:
+    """Compile ``model`` with the masked LM loss, ``Perplexity`` (and bits per character for
+    ``level="char"``), and an optimizer from ``make_optimizer`` (or the one given)."""
+    if isinstance(optimizer, str):
+        optimizer = make_optimizer(optimizer, learning_rate, clip_norm, clipping)
+    metrics = [Perplexity()]
+    if level == "char":
+        metrics.append(BitsPerCharacter())
+    model.compile(optimizer=optimizer, loss=MaskedLanguageModelLoss(), metrics=metrics, jit_compile=jit_compile)
+    return model
+
+
+@keras.saving.register_keras_serializable(package="keras_rnnlm")
+class EpochDecay:
+    """Learning rate constant for ``decay_start_epoch`` epochs, then divided by
+    ``decay_factor`` every epoch (Zaremba et al. 2014). Use with
+    ``keras.callbacks.LearningRateScheduler``; epochs count from 0.
+
+    Example:
+
+    >>> EpochDecay(1.0, decay_start_epoch=4, decay_factor=2.0)(4)
+    0.5
+    """
+
+    def __init__(self, learning_rate: float, decay_start_epoch: int, decay_factor: float):
+        if decay_factor < 1.0:
+            raise ValueError(f"decay_factor must be >= 1, got {decay_factor}.")
+        self.learning_rate = learning_rate
+        self.decay_start_epoch = decay_start_epoch
+        self.decay_factor = decay_factor
+
+    def __call__(self, epoch, lr=None):
+        return float(self.learning_rate / self.decay_factor ** max(epoch + 1 - self.decay_start_epoch, 0))
+
+    def get_config(self):
+        return dict(vars(self))
+
+
+class ResetStatesCallback(keras.callbacks.Callback):
+    """Zero a stateful model's carried states at the start of every epoch and evaluation."""
+
+    def _reset(self, *args, **kwargs):
+        if hasattr(self.model, "reset_states"):
+            self.model.reset_states()
+
+    on_epoch_begin = on_test_begin = on_predict_begin = _reset
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop training on a NaN or infinite loss, with a message saying what to do."""
+
+    def __init__(self):
+        super().__init__()
+        self.stopped_at = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.stopped_at = batch
+            self.model.stop_training = True
+            print(
+                f"\nStopped: the loss became {float(loss)} at batch {batch} (exploding gradients). "
+                "Clip the global gradient norm (--clip-norm, e.g. 5 or 0.25 for SGD) or lower "
+                "the learning rate (--learning-rate)."
+            )
+
+
+def evaluate_perplexity(model: keras.Model, dataset: tf.data.Dataset) -> dict:
+    """Exact corpus perplexity: ``exp(total NLL / total real tokens)`` over ``dataset``.
+
+    Stateful models are reset first and carry their state through the dataset in order.
+    Returns ``{"perplexity", "nll_per_token", "bits_per_token", "tokens"}``.
+    """
+    if hasattr(model, "reset_states"):
+        model.reset_states()
+
+    @tf.function
+    def batch_sums(inputs, targets):
+        nll, mask = token_nll(targets, model(inputs, training=False))
+        return tf.reduce_sum(tf.cast(nll, tf.float64)), tf.reduce_sum(tf.cast(mask, tf.float64))
+
+    total_nll, total_tokens = 0.0, 0.0
+    for batch in dataset:
+        inputs, targets = batch[0], batch[1]
+        nll, tokens = batch_sums(inputs, targets)
+        total_nll += float(nll)
+        total_tokens += float(tokens)
+    if total_tokens == 0:
+        raise ValueError("The dataset holds no real target token.")
+    mean = total_nll / total_tokens
+    if hasattr(model, "reset_states"):
+        model.reset_states()
+    return {
+        "perplexity": float(np.exp(mean)),
+        "nll_per_token": mean,
+        "bits_per_token": mean / math.log(2.0),
+        "tokens": int(total_tokens),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A training configuration from Zaremba, Sutskever & Vinyals (2014), Table 1 / Section 4.1.
+
+    ``learning_rate`` and ``clip_norm`` are the paper's values, which apply to the loss
+    *summed* over the ``num_steps`` unrolled steps (and averaged over the batch). Keras
+    minimises the mean over tokens, whose gradient is ``num_steps`` times smaller, so the
+    equivalent Keras settings are ``keras_learning_rate = learning_rate * num_steps`` and
+    ``keras_clip_norm = clip_norm / num_steps`` (same updates, same clipping threshold).
+    """
+
+    name: str
+    num_layers: int
+    units: int
+    num_steps: int
+    batch_size: int
+    init_scale: float
+    dropout: float
+    learning_rate: float
+    decay_start_epoch: int  # epochs at the initial rate ("max_epoch")
+    decay_factor: float  # divide the rate by this every epoch after that
+    clip_norm: float  # global norm, on the summed loss
+    epochs: int
+    paper_valid_perplexity: float
+    paper_test_perplexity: float
+
+    @property
+    def keras_learning_rate(self) -> float:
+        return self.learning_rate * self.num_steps
+
+    @property
+    def keras_clip_norm(self) -> float:
+        return self.clip_norm / self.num_steps
+
+    def schedule(self) -> EpochDecay:
+        return EpochDecay(self.keras_learning_rate, self.decay_start_epoch, self.decay_factor)
+
+
+PRESETS = {
+    "small": Preset("small", 2, 200, 20, 20, 0.1, 0.0, 1.0, 4, 2.0, 5.0, 13, 120.7, 114.5),
+    "medium": Preset("medium", 2, 650, 35, 20, 0.05, 0.5, 1.0, 6, 1.2, 5.0, 39, 86.2, 82.7),
+    "large": Preset("large", 2, 1500, 35, 20, 0.04, 0.65, 1.0, 14, 1.15, 10.0, 55, 82.2, 78.4),
+}
