@@ -290,8 +290,8 @@ class GRUCell(_RecurrentCell):
 CELLS = {"simple_rnn": SimpleRNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
 
-def get_cell(name, units, **kwargs):
+def get_cell(cell_type, units, **kwargs):
     """Build a cell from its short name: ``"simple_rnn"``, ``"lstm"`` or ``"gru"``."""
-    if name not in CELLS:
-        raise ValueError(f"Unknown cell {name!r}; expected one of {sorted(CELLS)}.")
-    return CELLS[name](units, **kwargs)
+    if cell_type not in CELLS:
+        raise ValueError(f"Unknown cell {cell_type!r}; expected one of {sorted(CELLS)}.")
+    return CELLS[cell_type](units, **kwargs)

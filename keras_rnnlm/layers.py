@@ -101,7 +101,8 @@ class Recurrent(keras.layers.Layer):
         return _as_list(self.cell.state_size)
 
     def build(self, input_shape):
-        self.cell.build(input_shape)
+        if not self.cell.built:  # a deserialized cell arrives built
+            self.cell.build(input_shape)
         if self.stateful:
             batch = input_shape[0]
             if batch is None:
@@ -266,8 +267,9 @@ class Bidirectional(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, input_shape):
-        self.forward_layer.build(input_shape)
-        self.backward_layer.build(input_shape)
+        for layer in (self.forward_layer, self.backward_layer):
+            if not layer.built:
+                layer.build(input_shape)
 
     def call(self, inputs, mask=None, training=False):
         forward = _as_list(self.forward_layer(inputs, mask=mask, training=training))
@@ -389,7 +391,8 @@ class StackedRecurrent(keras.layers.Layer):
                 raise ValueError(f"Unknown cell {self.cell!r}; expected one of {sorted(builtin)}.")
             layer = builtin[self.cell](units, name=f"rnn_{index}", **common, **self.cell_kwargs)
         else:
-            layer = Recurrent(get_cell(self.cell, units, **self.cell_kwargs), name=f"rnn_{index}", **common)
+            cell = get_cell(self.cell, units, name=f"{self.cell}_cell", **self.cell_kwargs)
+            layer = Recurrent(cell, name=f"rnn_{index}", **common)
         if self.bidirectional:
             return keras.layers.Bidirectional(layer, name=f"bi_rnn_{index}") if self.use_builtin_layers else Bidirectional(layer, name=f"bi_rnn_{index}")
         return layer
@@ -404,7 +407,8 @@ class StackedRecurrent(keras.layers.Layer):
     def build(self, input_shape):
         shape = tuple(input_shape)
         for layer, units in zip(self.rnn_layers, self.units):
-            layer.build(shape)
+            if not layer.built:
+                layer.build(shape)
             shape = shape[:-1] + (units * (2 if self.bidirectional else 1),)
 
     def reset_state(self):

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 
 from keras_rnnlm.data.corpora import Corpus, load_corpus, text_files_corpus
-from keras_rnnlm.data.pipelines import encode_corpus, sentence_dataset, stream_dataset
+from keras_rnnlm.data.pipelines import encode_corpus, sentence_dataset, stream_dataset, token_stream
 from keras_rnnlm.data.vocabulary import Vocabulary
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.training import (
@@ -23,6 +23,7 @@ from keras_rnnlm.training import (
     StopOnNaN,
     compile_language_model,
     evaluate_perplexity,
+    evaluate_stream_perplexity,
 )
 
 MODEL_FILE, VOCAB_FILE, METRICS_FILE, CONFIG_FILE = "model.keras", "vocabulary.json", "metrics.json", "config.json"
@@ -108,7 +109,7 @@ def build_vocabulary(corpus: Corpus, config: TrainConfig) -> Vocabulary:
     return Vocabulary.build(
         corpus.train,
         level=corpus.level,
-        max_size=config.max_vocabulary_size,
+        max_size=None if corpus.closed_vocabulary else config.max_vocabulary_size,
         min_count=min_count,
         lowercase=corpus.lowercase,
         pretokenized=corpus.pretokenized,
@@ -209,11 +210,15 @@ def train(config: TrainConfig) -> dict:
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
     }
     for name, dataset in datasets.items():
-        metrics[name] = evaluate_perplexity(model, dataset)
+        if config.mode == "stream" and name != "train":
+            # the whole split as one stream, batch 1: no token lost at window or row edges
+            metrics[name] = evaluate_stream_perplexity(stateless_copy(model), token_stream(splits[name]))
+        else:
+            metrics[name] = evaluate_perplexity(model, dataset)
     if splits["valid"]:
         with_eos = [ids + [3] for ids in splits["train"]], [ids + [3] for ids in splits["valid"]]
         metrics["unigram_valid_perplexity"] = vocabulary.unigram_perplexity(*with_eos)
-    if not all(math.isfinite(m["perplexity"]) for m in metrics.values() if isinstance(m, dict) and "perplexity" in m):
+    if not all(math.isfinite(metrics[name]["perplexity"]) for name in datasets):
         metrics["warning"] = "non-finite perplexity: training diverged"
     (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     return metrics

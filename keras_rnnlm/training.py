@@ -54,7 +54,7 @@ def compile_language_model(
     clip_norm: float | None = 5.0,
     clipping: str = "global",
     level: str = "word",
-    jit_compile: bool | str = "auto",
+    jit_compile: bool = True,
 ) -> keras.Model:
     """Compile ``model`` with the masked LM loss, ``Perplexity`` (and bits per character for
     ``level="char"``), and an optimizer from ``make_optimizer`` (or the one given)."""
@@ -131,7 +131,7 @@ def evaluate_perplexity(model: keras.Model, dataset: tf.data.Dataset) -> dict:
     if hasattr(model, "reset_states"):
         model.reset_states()
 
-    @tf.function
+    @tf.function(jit_compile=True)
     def batch_sums(inputs, targets):
         nll, mask = token_nll(targets, model(inputs, training=False))
         return tf.reduce_sum(tf.cast(nll, tf.float64)), tf.reduce_sum(tf.cast(mask, tf.float64))
@@ -142,17 +142,55 @@ def evaluate_perplexity(model: keras.Model, dataset: tf.data.Dataset) -> dict:
         nll, tokens = batch_sums(inputs, targets)
         total_nll += float(nll)
         total_tokens += float(tokens)
-    if total_tokens == 0:
-        raise ValueError("The dataset holds no real target token.")
-    mean = total_nll / total_tokens
     if hasattr(model, "reset_states"):
         model.reset_states()
+    return _perplexity_summary(total_nll, total_tokens)
+
+
+def _perplexity_summary(total_nll: float, total_tokens: float) -> dict:
+    if total_tokens == 0:
+        raise ValueError("The data holds no real target token.")
+    mean = total_nll / total_tokens
     return {
         "perplexity": float(np.exp(mean)),
         "nll_per_token": mean,
         "bits_per_token": mean / math.log(2.0),
         "tokens": int(total_tokens),
     }
+
+
+def evaluate_stream_perplexity(model: keras.Model, stream: np.ndarray, window: int = 256) -> dict:
+    """Exact perplexity of a token stream read as one sequence (batch 1), as Zaremba et al.
+    evaluate: every token after the first is predicted from the whole stream before it.
+
+    ``model`` must be stateless (``keras_rnnlm.runs.stateless_copy``); the state is carried
+    from one ``window`` of tokens to the next, so memory stays bounded.
+    """
+    stream = np.asarray(stream, np.int32)
+    if len(stream) < 2:
+        raise ValueError("A stream needs at least 2 tokens.")
+
+    @tf.function(jit_compile=True)
+    def window_sums(inputs, targets, states):
+        logits, states = model.forward(inputs, initial_state=states)
+        nll, mask = token_nll(targets, logits)
+        return tf.reduce_sum(tf.cast(nll, tf.float64)), tf.reduce_sum(tf.cast(mask, tf.float64)), states
+
+    states = model.get_initial_state(1)
+    total_nll, total_tokens = 0.0, 0.0
+    for start in range(0, len(stream) - 1, window):
+        inputs = stream[start : start + window]
+        targets = stream[start + 1 : start + 1 + window]
+        if len(targets) < len(inputs):  # last window: pad inputs and targets with 0
+            pad = window - len(targets)
+            inputs = np.pad(inputs[: len(targets)], (0, pad))
+            targets = np.pad(targets, (0, pad))
+        elif len(inputs) < window:
+            inputs, targets = np.pad(inputs, (0, window - len(inputs))), np.pad(targets, (0, window - len(targets)))
+        nll, tokens, states = window_sums(inputs[None, :], targets[None, :], states)
+        total_nll += float(nll)
+        total_tokens += float(tokens)
+    return _perplexity_summary(total_nll, total_tokens)
 
 
 @dataclasses.dataclass(frozen=True)

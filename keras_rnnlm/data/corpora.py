@@ -27,6 +27,7 @@ class Corpus:
     level: str = "word"
     lowercase: bool = False
     pretokenized: bool = False
+    closed_vocabulary: bool = False  # the corpus fixes its vocabulary (PTB: 10k words): keep it all
 
     def split(self, name: str) -> list[str]:
         return {"train": self.train, "valid": self.valid, "test": self.test}[name]
@@ -108,7 +109,9 @@ def ptb_corpus(manual_dir=None, data_dir=None) -> Corpus:
     manual_dir = Path(manual_dir) if manual_dir else shared_data_dir() / "ptb"
     data_dir = data_dir or _default_tfds_data_dir()
     train, valid, test = _tfds_texts("ptb", data_dir, manual_dir, ["train", "validation", "test"])
-    return Corpus("ptb", train=train, valid=valid, test=test, level="word", pretokenized=True)
+    return Corpus(
+        "ptb", train=train, valid=valid, test=test, level="word", pretokenized=True, closed_vocabulary=True
+    )
 
 
 def tiny_shakespeare_corpus(manual_dir=None, data_dir=None, level="char") -> Corpus:

@@ -52,11 +52,17 @@ def sentence_windows(sentences: Sequence[Sequence[int]], max_length: int | None 
 
 
 def default_bucket_boundaries(lengths: Sequence[int], num_buckets: int = 8) -> list[int]:
-    """Bucket boundaries at quantiles of the example lengths (strictly increasing)."""
+    """Bucket boundaries at quantiles of the example lengths, the last one above the longest.
+
+    Batches are padded to their bucket's boundary, so a dataset has at most ``num_buckets``
+    distinct time lengths: an XLA-compiled ``train_step`` compiles once per length instead of
+    once per batch.
+    """
     if len(lengths) == 0:
-        return []
-    quantiles = np.quantile(np.asarray(lengths), np.linspace(0, 1, num_buckets + 1)[1:-1])
-    return sorted({int(q) + 1 for q in quantiles})
+        return [2]
+    lengths = np.asarray(lengths)
+    quantiles = np.quantile(lengths, np.linspace(0, 1, num_buckets + 1)[1:-1])
+    return sorted({int(q) + 1 for q in quantiles} | {int(lengths.max()) + 1})
 
 
 def sentence_dataset(
@@ -76,7 +82,9 @@ def sentence_dataset(
         max_length: longest number of predictions per example; longer sentences are split.
         shuffle: shuffle examples (before bucketing) each epoch.
         seed: makes the shuffle order reproducible.
-        bucket_boundaries: example-length boundaries; default quantiles of the data.
+        bucket_boundaries: example-length boundaries, the last one above the longest
+            example; batches are padded to their bucket's boundary minus one. Default:
+            ``default_bucket_boundaries`` of the data.
         drop_remainder: drop incomplete batches (needed for fixed shapes, e.g. TPU).
     """
     if batch_size < 1:
@@ -100,6 +108,7 @@ def sentence_dataset(
         bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
         padded_shapes=([None], [None]),
         padding_values=(0, 0),
+        pad_to_bucket_boundary=True,
         drop_remainder=drop_remainder,
     )
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,103 @@
+"""Bidirectional and stacked layers."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_rnnlm.cells import GRUCell, LSTMCell
+from keras_rnnlm.layers import Bidirectional, Recurrent, StackedRecurrent, reverse_padded
+
+LENGTHS = [6, 4, 1]
+X = np.random.default_rng(0).normal(size=(3, 6, 5)).astype("float32")
+MASK = np.arange(6)[None, :] < np.array(LENGTHS)[:, None]
+X[~MASK] = 7.0  # loud padding: any leak shows
+
+
+@pytest.mark.parametrize("cell", [LSTMCell, GRUCell])
+def test_bidirectional_masking_equals_each_sequence_alone(cell):
+    bi = Bidirectional(Recurrent(cell(4), return_sequences=True))
+    padded = np.asarray(bi(X, mask=MASK))
+    for row, length in enumerate(LENGTHS):
+        alone = np.asarray(bi(X[row : row + 1, :length]))[0]  # no padding at all
+        np.testing.assert_allclose(padded[row, :length], alone, atol=1e-5)
+        assert np.all(padded[row, length:] == 0)
+
+
+def test_bidirectional_backward_starts_at_last_real_token():
+    bi = Bidirectional(Recurrent(LSTMCell(4), return_sequences=True))
+    out = np.asarray(bi(X, mask=MASK))
+    # the backward half at the last real position has read exactly one token
+    backward_only = bi.backward_layer
+    for row, length in enumerate(LENGTHS):
+        one_step = np.asarray(backward_only(X[row : row + 1, length - 1 : length]))[0, 0]
+        np.testing.assert_allclose(out[row, length - 1, 4:], one_step, atol=1e-5)
+
+
+def test_bidirectional_matches_keras_bidirectional():
+    keras_bi = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True))
+    keras_bi.build(X.shape)
+    bi = Bidirectional(Recurrent(LSTMCell(4), return_sequences=True))
+    bi.build(X.shape)
+    bi.forward_layer.cell.set_weights(keras_bi.forward_layer.cell.get_weights())
+    bi.backward_layer.cell.set_weights(keras_bi.backward_layer.cell.get_weights())
+    np.testing.assert_allclose(np.asarray(bi(X, mask=MASK))[MASK], np.asarray(keras_bi(X, mask=MASK))[MASK], atol=1e-5)
+
+
+def test_reverse_padded_is_an_involution_that_keeps_padding():
+    ids = np.array([[1, 2, 3, 0], [4, 5, 0, 0]])
+    rev = np.asarray(reverse_padded(ids[..., None], np.array([3, 2])))[..., 0]
+    np.testing.assert_array_equal(rev, [[3, 2, 1, 0], [5, 4, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(reverse_padded(rev[..., None], np.array([3, 2])))[..., 0], ids)
+
+
+def test_stacked_equals_layers_applied_in_turn():
+    stack = StackedRecurrent("gru", units=[4, 3], dropout=0.5)
+    out, states = stack(X, mask=MASK, training=False)
+    x = X
+    for layer, state in zip(stack.rnn_layers, states):
+        y, h = layer(x, mask=MASK)
+        np.testing.assert_allclose(state[0], h, atol=1e-6)
+        x = y
+    np.testing.assert_allclose(out, x, atol=1e-6)
+    assert out.shape == (3, 6, 3)
+
+
+def test_stacked_dropout_only_in_training():
+    stack = StackedRecurrent("lstm", units=4, num_layers=2, dropout=0.5)
+    a = np.asarray(stack(X, training=False)[0])
+    np.testing.assert_allclose(a, np.asarray(stack(X, training=False)[0]))
+    assert not np.allclose(a, np.asarray(stack(X, training=True)[0]))
+
+
+def test_stacked_residual_adds_input():
+    stack = StackedRecurrent("lstm", units=4, num_layers=2, residual=True)
+    out, _ = stack(X)
+    y0 = stack.rnn_layers[0](X)[0]
+    y1 = stack.rnn_layers[1](y0)[0]
+    np.testing.assert_allclose(out, np.asarray(y0) + np.asarray(y1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        lambda: Recurrent(LSTMCell(3), return_sequences=True, go_backwards=True),
+        lambda: Bidirectional(Recurrent(GRUCell(3), return_sequences=True), merge_mode="sum"),
+        lambda: StackedRecurrent("simple_rnn", units=[3, 2], dropout=0.1, residual=True, bidirectional=True),
+    ],
+)
+def test_layer_config_round_trip(layer):
+    original = layer()
+    original.build(X.shape)
+    clone = original.__class__.from_config(original.get_config())
+    clone.build(X.shape)
+    clone.set_weights(original.get_weights())
+    assert clone.get_config() == original.get_config()
+    a, b = original(X, mask=MASK), clone(X, mask=MASK)
+    a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_stateful_needs_fixed_batch():
+    layer = Recurrent(LSTMCell(3), stateful=True)
+    with pytest.raises(ValueError, match="fixed batch size"):
+        layer.build((None, 5, 2))

@@ -1,0 +1,62 @@
+"""The masked loss and the streaming Perplexity metric against hand computations."""
+
+import math
+
+import keras
+import numpy as np
+
+from keras_rnnlm.losses import MaskedLanguageModelLoss
+from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
+
+RNG = np.random.default_rng(0)
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _hand_nll(targets, logits):
+    lp = _log_softmax(logits.astype(np.float64))
+    return [-lp[b, t, targets[b, t]] for b in range(targets.shape[0]) for t in range(targets.shape[1]) if targets[b, t] != 0]
+
+
+def test_loss_is_mean_over_real_tokens_only():
+    targets = np.array([[3, 4, 0, 0], [5, 0, 0, 0]])
+    logits = RNG.normal(size=(2, 4, 6)).astype("float32")
+    expected = np.mean(_hand_nll(targets, logits))
+    assert abs(float(MaskedLanguageModelLoss()(targets, logits)) - expected) < 1e-5
+    # changing logits at padded positions changes nothing
+    logits2 = logits.copy()
+    logits2[targets == 0] = 100.0
+    assert abs(float(MaskedLanguageModelLoss()(targets, logits2)) - expected) < 1e-5
+
+
+def test_perplexity_over_unequal_batches_is_exp_of_total_nll_over_total_tokens():
+    batches = []
+    for batch, time in [(3, 7), (1, 2), (5, 4)]:
+        targets = RNG.integers(1, 6, size=(batch, time))
+        lengths = RNG.integers(1, time + 1, size=batch)
+        targets[np.arange(time)[None, :] >= lengths[:, None]] = 0
+        batches.append((targets, RNG.normal(size=(batch, time, 6)).astype("float32")))
+    metric, bpc = Perplexity(), BitsPerCharacter()
+    all_nll = []
+    for targets, logits in batches:
+        metric.update_state(targets, logits)
+        bpc.update_state(targets, logits)
+        all_nll += _hand_nll(targets, logits)
+    exact = math.exp(np.mean(all_nll))
+    assert abs(float(metric.result()) - exact) < 1e-4 * exact
+    assert abs(float(bpc.result()) - np.mean(all_nll) / math.log(2)) < 1e-5
+    assert int(metric.total_tokens) == len(all_nll)
+    # a mean of per-batch perplexities would differ: the metric is not that
+    per_batch = np.mean([math.exp(np.mean(_hand_nll(t, z))) for t, z in batches])
+    assert abs(per_batch - exact) > 1e-3
+    metric.reset_state()
+    assert float(metric.total_tokens) == 0.0
+
+
+def test_metric_and_loss_serialize():
+    for obj in (Perplexity(), MaskedLanguageModelLoss()):
+        clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
+        assert type(clone) is type(obj)
