@@ -55,13 +55,17 @@ class _RecurrentCell(keras.layers.Layer):
     def build(self, input_shape):
         input_dim = input_shape[-1]
         if input_dim is None:
-            raise ValueError(f"{self.name}: the last input dimension must be known, got {input_shape}.")
+            raise ValueError(
+                f"{self.name}: the last input dimension must be known, got {input_shape}."
+            )
         width = self.num_gates * self.units
         self.kernel = self.add_weight(
             shape=(input_dim, width), initializer=self.kernel_initializer, name="kernel"
         )
         self.recurrent_kernel = self.add_weight(
-            shape=(self.units, width), initializer=self.recurrent_initializer, name="recurrent_kernel"
+            shape=(self.units, width),
+            initializer=self.recurrent_initializer,
+            name="recurrent_kernel",
         )
         self.bias = self._build_bias() if self.use_bias else None
 

@@ -18,13 +18,23 @@ def _add_train_parser(subparsers):
         help="train a language model (default: LSTM on the offline python_docs corpus)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--preset", choices=["small", "medium", "large"], help="Zaremba et al. 2014 PTB settings (stream mode); other flags override them")
-    p.add_argument("--corpus", choices=["python_docs", "ptb", "tiny_shakespeare"], help=f"default {d.corpus} ({d.corpus!r} is offline)")
+    p.add_argument(
+        "--preset",
+        choices=["small", "medium", "large"],
+        help="Zaremba et al. 2014 PTB settings (stream mode); other flags override them",
+    )
+    p.add_argument(
+        "--corpus",
+        choices=["python_docs", "ptb", "tiny_shakespeare"],
+        help=f"default {d.corpus} ({d.corpus!r} is offline)",
+    )
     p.add_argument("--train-file", help="your own training text, one sentence per line")
     p.add_argument("--valid-file")
     p.add_argument("--test-file")
     p.add_argument("--data-dir", help="TFDS data_dir (default ~/tensorflow_datasets)")
-    p.add_argument("--manual-dir", help="directory with the raw corpus files (default ../shared/data/<corpus>)")
+    p.add_argument(
+        "--manual-dir", help="directory with the raw corpus files (default ../shared/data/<corpus>)"
+    )
     p.add_argument("--level", choices=["word", "char"], help="default: the corpus's own")
     p.add_argument("--mode", choices=["sentence", "stream"])
     p.add_argument("--cell", choices=["lstm", "gru", "simple_rnn"])
@@ -43,10 +53,26 @@ def _add_train_parser(subparsers):
     p.add_argument("--optimizer", choices=["sgd", "adam"])
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--clip-norm", type=float, help="gradient norm limit (<= 0: no clipping)")
-    p.add_argument("--clipping", choices=["global", "per_variable", "none"], help="global = the lecture's clipping")
+    p.add_argument(
+        "--clipping",
+        choices=["global", "per_variable", "none"],
+        help="global = the lecture's clipping",
+    )
     p.add_argument("--decay-start-epoch", type=int)
     p.add_argument("--decay-factor", type=float)
-    p.add_argument("--use-builtin-layers", action="store_true", default=None, help="Keras's fused LSTM/GRU (cuDNN on GPU)")
+    p.add_argument(
+        "--use-builtin-layers",
+        action="store_true",
+        default=None,
+        help="Keras's fused LSTM/GRU (cuDNN on GPU)",
+    )
+    p.add_argument(
+        "--no-jit-compile",
+        dest="jit_compile",
+        action="store_false",
+        default=None,
+        help="run the train step without XLA",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--output", help=f"run directory (default {d.output})")
     p.add_argument("--overwrite", action="store_true", default=None)
@@ -98,7 +124,9 @@ def _evaluate(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keras-rnnlm", description="RNN language models on Keras 3.")
+    parser = argparse.ArgumentParser(
+        prog="keras-rnnlm", description="RNN language models on Keras 3."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(subparsers)
     _add_evaluate_parser(subparsers)

@@ -123,7 +123,9 @@ class Recurrent(keras.layers.Layer):
             variable.assign(ops.zeros_like(variable))
 
     def get_initial_state(self, batch_size):
-        return [ops.zeros((batch_size, size), dtype=self.compute_dtype) for size in self.state_sizes]
+        return [
+            ops.zeros((batch_size, size), dtype=self.compute_dtype) for size in self.state_sizes
+        ]
 
     def call(self, inputs, mask=None, initial_state=None, training=False):
         batch_size = ops.shape(inputs)[0]
@@ -190,7 +192,11 @@ class Recurrent(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         units = self.cell.output_size
-        out = (input_shape[0], input_shape[1], units) if self.return_sequences else (input_shape[0], units)
+        out = (
+            (input_shape[0], input_shape[1], units)
+            if self.return_sequences
+            else (input_shape[0], units)
+        )
         if self.return_state:
             return [out] + [(input_shape[0], size) for size in self.state_sizes]
         return out
@@ -386,7 +392,11 @@ class StackedRecurrent(keras.layers.Layer):
     def _make_layer(self, index, units):
         common = dict(return_sequences=True, return_state=True, stateful=self.stateful)
         if self.use_builtin_layers:
-            builtin = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}
+            builtin = {
+                "lstm": keras.layers.LSTM,
+                "gru": keras.layers.GRU,
+                "simple_rnn": keras.layers.SimpleRNN,
+            }
             if self.cell not in builtin:
                 raise ValueError(f"Unknown cell {self.cell!r}; expected one of {sorted(builtin)}.")
             layer = builtin[self.cell](units, name=f"rnn_{index}", **common, **self.cell_kwargs)
@@ -394,7 +404,11 @@ class StackedRecurrent(keras.layers.Layer):
             cell = get_cell(self.cell, units, name=f"{self.cell}_cell", **self.cell_kwargs)
             layer = Recurrent(cell, name=f"rnn_{index}", **common)
         if self.bidirectional:
-            return keras.layers.Bidirectional(layer, name=f"bi_rnn_{index}") if self.use_builtin_layers else Bidirectional(layer, name=f"bi_rnn_{index}")
+            return (
+                keras.layers.Bidirectional(layer, name=f"bi_rnn_{index}")
+                if self.use_builtin_layers
+                else Bidirectional(layer, name=f"bi_rnn_{index}")
+            )
         return layer
 
     @property

@@ -28,8 +28,12 @@ class Perplexity(keras.metrics.Metric):
 
     def __init__(self, name="perplexity", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.total_nll = self.add_variable(shape=(), initializer="zeros", name="total_nll", dtype="float64")
-        self.total_tokens = self.add_variable(shape=(), initializer="zeros", name="total_tokens", dtype="float64")
+        self.total_nll = self.add_variable(
+            shape=(), initializer="zeros", name="total_nll", dtype="float64"
+        )
+        self.total_tokens = self.add_variable(
+            shape=(), initializer="zeros", name="total_tokens", dtype="float64"
+        )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         nll, mask = token_nll(y_true, y_pred)

@@ -20,13 +20,18 @@ from keras_rnnlm.training import (
     PRESETS,
     EpochDecay,
     ResetStatesCallback,
-    StopOnNaN,
+    StopOnDivergence,
     compile_language_model,
     evaluate_perplexity,
     evaluate_stream_perplexity,
 )
 
-MODEL_FILE, VOCAB_FILE, METRICS_FILE, CONFIG_FILE = "model.keras", "vocabulary.json", "metrics.json", "config.json"
+MODEL_FILE, VOCAB_FILE, METRICS_FILE, CONFIG_FILE = (
+    "model.keras",
+    "vocabulary.json",
+    "metrics.json",
+    "config.json",
+)
 
 
 @dataclasses.dataclass
@@ -38,7 +43,9 @@ class TrainConfig:
     valid_file: str | None = None
     test_file: str | None = None
     data_dir: str | None = None  # TFDS data_dir (prepared datasets are written here)
-    manual_dir: str | None = None  # directory with the raw corpus files (default ../shared/data/<corpus>)
+    manual_dir: str | None = (
+        None  # directory with the raw corpus files (default ../shared/data/<corpus>)
+    )
     level: str | None = None  # word | char (default: the corpus's own)
     max_vocabulary_size: int = 10000  # special tokens included
     min_count: int = 2  # rarer tokens become <unk> (word level; PTB keeps its own 10k words)
@@ -62,6 +69,7 @@ class TrainConfig:
     decay_start_epoch: int | None = None  # EpochDecay: constant for this many epochs...
     decay_factor: float = 1.0  # ...then divided by this each epoch
     use_builtin_layers: bool = False
+    jit_compile: bool = True  # XLA-compile the train step (one compilation per batch shape)
     seed: int = 0
     output: str = "rnnlm_run"
     overwrite: bool = False
@@ -166,20 +174,31 @@ def train(config: TrainConfig) -> dict:
 
     corpus = load_config_corpus(config)
     vocabulary = build_vocabulary(corpus, config)
-    splits = {name: encode_corpus(vocabulary, corpus.split(name)) for name in ("train", "valid", "test")}
+    splits = {
+        name: encode_corpus(vocabulary, corpus.split(name)) for name in ("train", "valid", "test")
+    }
     if not splits["train"]:
         raise ValueError(f"The training split of {corpus.name!r} is empty.")
     datasets = {n: make_dataset(s, config, training=(n == "train")) for n, s in splits.items() if s}
 
     model = build_model(config, vocabulary.size)
     compile_language_model(
-        model, config.optimizer, config.learning_rate, config.clip_norm, config.clipping, level=corpus.level
+        model,
+        config.optimizer,
+        config.learning_rate,
+        config.clip_norm,
+        config.clipping,
+        level=corpus.level,
+        jit_compile=config.jit_compile,
     )
     output.mkdir(parents=True, exist_ok=True)
     vocabulary.save(output / VOCAB_FILE)
     (output / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
-    callbacks = [StopOnNaN(), keras.callbacks.ModelCheckpoint(str(output / "checkpoint.keras"))]
+    callbacks = [
+        StopOnDivergence(),
+        keras.callbacks.ModelCheckpoint(str(output / "checkpoint.keras")),
+    ]
     if config.mode == "stream":
         callbacks.append(ResetStatesCallback())
     if config.decay_start_epoch is not None:
@@ -212,7 +231,9 @@ def train(config: TrainConfig) -> dict:
     for name, dataset in datasets.items():
         if config.mode == "stream" and name != "train":
             # the whole split as one stream, batch 1: no token lost at window or row edges
-            metrics[name] = evaluate_stream_perplexity(stateless_copy(model), token_stream(splits[name]))
+            metrics[name] = evaluate_stream_perplexity(
+                stateless_copy(model), token_stream(splits[name])
+            )
         else:
             metrics[name] = evaluate_perplexity(model, dataset)
     if splits["valid"]:

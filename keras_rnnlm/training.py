@@ -63,7 +63,12 @@ def compile_language_model(
     metrics = [Perplexity()]
     if level == "char":
         metrics.append(BitsPerCharacter())
-    model.compile(optimizer=optimizer, loss=MaskedLanguageModelLoss(), metrics=metrics, jit_compile=jit_compile)
+    model.compile(
+        optimizer=optimizer,
+        loss=MaskedLanguageModelLoss(),
+        metrics=metrics,
+        jit_compile=jit_compile,
+    )
     return model
 
 
@@ -87,7 +92,9 @@ class EpochDecay:
         self.decay_factor = decay_factor
 
     def __call__(self, epoch, lr=None):
-        return float(self.learning_rate / self.decay_factor ** max(epoch + 1 - self.decay_start_epoch, 0))
+        return float(
+            self.learning_rate / self.decay_factor ** max(epoch + 1 - self.decay_start_epoch, 0)
+        )
 
     def get_config(self):
         return dict(vars(self))
@@ -103,22 +110,37 @@ class ResetStatesCallback(keras.callbacks.Callback):
     on_epoch_begin = on_test_begin = on_predict_begin = _reset
 
 
-class StopOnNaN(keras.callbacks.Callback):
-    """Stop training on a NaN or infinite loss, with a message saying what to do."""
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stop training when the loss diverges, with a message saying what to do.
 
-    def __init__(self):
+    Diverged means NaN/infinite, or above ``max_loss``: by default ten times the loss of a
+    uniform guess over the vocabulary (``10 * ln V``), which no learning model comes near.
+    """
+
+    def __init__(self, max_loss: float | None = None):
         super().__init__()
+        self.max_loss = max_loss
         self.stopped_at = None
+
+    def on_train_begin(self, logs=None):
+        if self.max_loss is None:
+            vocabulary_size = getattr(self.model, "vocabulary_size", None) or 2
+            self.limit = 10.0 * math.log(max(vocabulary_size, 2))
+        else:
+            self.limit = self.max_loss
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        if loss is None:
+            return
+        loss = float(loss)
+        if not math.isfinite(loss) or loss > self.limit:
             self.stopped_at = batch
             self.model.stop_training = True
             print(
-                f"\nStopped: the loss became {float(loss)} at batch {batch} (exploding gradients). "
-                "Clip the global gradient norm (--clip-norm, e.g. 5 or 0.25 for SGD) or lower "
-                "the learning rate (--learning-rate)."
+                f"\nStopped: the loss became {loss:.4g} at batch {batch} (exploding gradients). "
+                "Clip the global gradient norm (--clip-norm, e.g. 5, or 0.25 for SGD on the mean "
+                "loss) or lower the learning rate (--learning-rate)."
             )
 
 
@@ -174,7 +196,11 @@ def evaluate_stream_perplexity(model: keras.Model, stream: np.ndarray, window: i
     def window_sums(inputs, targets, states):
         logits, states = model.forward(inputs, initial_state=states)
         nll, mask = token_nll(targets, logits)
-        return tf.reduce_sum(tf.cast(nll, tf.float64)), tf.reduce_sum(tf.cast(mask, tf.float64)), states
+        return (
+            tf.reduce_sum(tf.cast(nll, tf.float64)),
+            tf.reduce_sum(tf.cast(mask, tf.float64)),
+            states,
+        )
 
     states = model.get_initial_state(1)
     total_nll, total_tokens = 0.0, 0.0
@@ -186,7 +212,10 @@ def evaluate_stream_perplexity(model: keras.Model, stream: np.ndarray, window: i
             inputs = np.pad(inputs[: len(targets)], (0, pad))
             targets = np.pad(targets, (0, pad))
         elif len(inputs) < window:
-            inputs, targets = np.pad(inputs, (0, window - len(inputs))), np.pad(targets, (0, window - len(targets)))
+            inputs, targets = (
+                np.pad(inputs, (0, window - len(inputs))),
+                np.pad(targets, (0, window - len(targets))),
+            )
         nll, tokens, states = window_sums(inputs[None, :], targets[None, :], states)
         total_nll += float(nll)
         total_tokens += float(tokens)

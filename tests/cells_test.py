@@ -19,11 +19,20 @@ MASK = np.arange(7)[None, :] < np.array([7, 5, 2, 1])[:, None]
 
 
 def _pair(ours, theirs, go_backwards=False, **kwargs):
-    keras_layer = theirs(6, return_sequences=True, return_state=True, go_backwards=go_backwards, **kwargs)
+    keras_layer = theirs(
+        6, return_sequences=True, return_state=True, go_backwards=go_backwards, **kwargs
+    )
     keras_layer.build(X.shape)
     # non-zero biases so that bias layout errors show
-    keras_layer.cell.set_weights([w + 0.1 * np.random.default_rng(1).normal(size=w.shape) for w in keras_layer.cell.get_weights()])
-    layer = Recurrent(ours(6, **kwargs), return_sequences=True, return_state=True, go_backwards=go_backwards)
+    keras_layer.cell.set_weights(
+        [
+            w + 0.1 * np.random.default_rng(1).normal(size=w.shape)
+            for w in keras_layer.cell.get_weights()
+        ]
+    )
+    layer = Recurrent(
+        ours(6, **kwargs), return_sequences=True, return_state=True, go_backwards=go_backwards
+    )
     layer.build(X.shape)
     layer.cell.set_weights(keras_layer.cell.get_weights())
     return layer, keras_layer
@@ -58,7 +67,9 @@ def test_cells_run_inside_keras_rnn(ours, theirs):
     wrapped = keras.layers.RNN(ours(6), return_sequences=True)
     wrapped.build(X.shape)
     wrapped.cell.set_weights(keras_layer.cell.get_weights())
-    np.testing.assert_allclose(wrapped(X, mask=MASK)[MASK], keras_layer(X, mask=MASK)[MASK], atol=1e-5)
+    np.testing.assert_allclose(
+        wrapped(X, mask=MASK)[MASK], keras_layer(X, mask=MASK)[MASK], atol=1e-5
+    )
 
 
 def test_lstm_forget_bias_starts_at_one():

@@ -15,7 +15,9 @@ def _seed():
 
 def _require(path):
     if not path.exists():
-        pytest.skip(f"needs the shared corpora: {path} is absent (set KERAS_RNNLM_DATA to ../shared/data)")
+        pytest.skip(
+            f"needs the shared corpora: {path} is absent (set KERAS_RNNLM_DATA to ../shared/data)"
+        )
     return path
 
 

@@ -40,14 +40,18 @@ def test_bidirectional_matches_keras_bidirectional():
     bi.build(X.shape)
     bi.forward_layer.cell.set_weights(keras_bi.forward_layer.cell.get_weights())
     bi.backward_layer.cell.set_weights(keras_bi.backward_layer.cell.get_weights())
-    np.testing.assert_allclose(np.asarray(bi(X, mask=MASK))[MASK], np.asarray(keras_bi(X, mask=MASK))[MASK], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(bi(X, mask=MASK))[MASK], np.asarray(keras_bi(X, mask=MASK))[MASK], atol=1e-5
+    )
 
 
 def test_reverse_padded_is_an_involution_that_keeps_padding():
     ids = np.array([[1, 2, 3, 0], [4, 5, 0, 0]])
     rev = np.asarray(reverse_padded(ids[..., None], np.array([3, 2])))[..., 0]
     np.testing.assert_array_equal(rev, [[3, 2, 1, 0], [5, 4, 0, 0]])
-    np.testing.assert_array_equal(np.asarray(reverse_padded(rev[..., None], np.array([3, 2])))[..., 0], ids)
+    np.testing.assert_array_equal(
+        np.asarray(reverse_padded(rev[..., None], np.array([3, 2])))[..., 0], ids
+    )
 
 
 def test_stacked_equals_layers_applied_in_turn():
@@ -82,7 +86,9 @@ def test_stacked_residual_adds_input():
     [
         lambda: Recurrent(LSTMCell(3), return_sequences=True, go_backwards=True),
         lambda: Bidirectional(Recurrent(GRUCell(3), return_sequences=True), merge_mode="sum"),
-        lambda: StackedRecurrent("simple_rnn", units=[3, 2], dropout=0.1, residual=True, bidirectional=True),
+        lambda: StackedRecurrent(
+            "simple_rnn", units=[3, 2], dropout=0.1, residual=True, bidirectional=True
+        ),
     ],
 )
 def test_layer_config_round_trip(layer):

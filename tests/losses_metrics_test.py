@@ -18,7 +18,12 @@ def _log_softmax(z):
 
 def _hand_nll(targets, logits):
     lp = _log_softmax(logits.astype(np.float64))
-    return [-lp[b, t, targets[b, t]] for b in range(targets.shape[0]) for t in range(targets.shape[1]) if targets[b, t] != 0]
+    return [
+        -lp[b, t, targets[b, t]]
+        for b in range(targets.shape[0])
+        for t in range(targets.shape[1])
+        if targets[b, t] != 0
+    ]
 
 
 def test_loss_is_mean_over_real_tokens_only():

@@ -29,7 +29,9 @@ def test_causal(config):
     logits = np.asarray(model(IDS))
     for t in range(1, IDS.shape[1]):
         changed = IDS.copy()
-        changed[:, t] = np.where(changed[:, t] > 0, (changed[:, t] % (V - 4)) + 4 + (changed[:, t] == 29), 0)
+        changed[:, t] = np.where(
+            changed[:, t] > 0, (changed[:, t] % (V - 4)) + 4 + (changed[:, t] == 29), 0
+        )
         changed[0, t] = 17 if IDS[0, t] != 17 else 18
         new = np.asarray(model(changed))
         np.testing.assert_array_equal(new[:, :t], logits[:, :t])  # the past never moves
@@ -47,7 +49,9 @@ def test_padding_invariant(config):
     # and each row alone, unpadded, gives the same logits
     for row in range(3):
         n = int(real[row].sum())
-        np.testing.assert_allclose(np.asarray(model(IDS[row : row + 1, :n]))[0], logits[row, :n], atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(model(IDS[row : row + 1, :n]))[0], logits[row, :n], atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
@@ -56,7 +60,9 @@ def test_builtin_layers_same_weights_same_logits(cell):
     builtin = _model(cell=cell, use_builtin_layers=True)
     builtin.set_weights(ours.get_weights())
     real = IDS != 0
-    np.testing.assert_allclose(np.asarray(builtin(IDS))[real], np.asarray(ours(IDS))[real], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(builtin(IDS))[real], np.asarray(ours(IDS))[real], atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("config", CONFIGS + [dict(use_builtin_layers=True, dropout=0.3)], ids=str)

@@ -42,7 +42,10 @@ def test_bucketing_keeps_every_real_token_exactly_once():
 
 
 def test_batches_have_few_distinct_lengths():
-    lengths = {np.asarray(x).shape[1] for x, _ in sentence_dataset(SENTENCES, batch_size=8, max_length=None)}
+    lengths = {
+        np.asarray(x).shape[1]
+        for x, _ in sentence_dataset(SENTENCES, batch_size=8, max_length=None)
+    }
     assert len(lengths) <= 8
 
 
@@ -84,7 +87,9 @@ def test_vocabulary_ids_and_round_trip(tmp_path):
     assert vocab.encode("the cat zebra") == [4, vocab.token_to_id("cat"), 1]
     assert vocab.decode(vocab.encode("the cat")) == "the cat"
     lookup = vocab.lookup_layer()
-    np.testing.assert_array_equal(np.asarray(lookup(["the", "cat", "zebra", "<eos>"])), [4, vocab.token_to_id("cat"), 1, 3])
+    np.testing.assert_array_equal(
+        np.asarray(lookup(["the", "cat", "zebra", "<eos>"])), [4, vocab.token_to_id("cat"), 1, 3]
+    )
     vocab.save(tmp_path / "v.json")
     assert Vocabulary.load(tmp_path / "v.json") == vocab
     chars = Vocabulary.build(["ab\n c"], level="char")

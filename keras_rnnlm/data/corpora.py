@@ -64,7 +64,9 @@ def python_docs_corpus(level: str = "word") -> Corpus:
     return Corpus("python_docs", level=level, lowercase=(level == "word"), **splits)
 
 
-def text_files_corpus(train_file, valid_file=None, test_file=None, level="word", lowercase=False) -> Corpus:
+def text_files_corpus(
+    train_file, valid_file=None, test_file=None, level="word", lowercase=False
+) -> Corpus:
     """The user's own files, one sentence per line. Missing valid/test splits are empty."""
     return Corpus(
         name=Path(train_file).stem,
@@ -110,7 +112,13 @@ def ptb_corpus(manual_dir=None, data_dir=None) -> Corpus:
     data_dir = data_dir or _default_tfds_data_dir()
     train, valid, test = _tfds_texts("ptb", data_dir, manual_dir, ["train", "validation", "test"])
     return Corpus(
-        "ptb", train=train, valid=valid, test=test, level="word", pretokenized=True, closed_vocabulary=True
+        "ptb",
+        train=train,
+        valid=valid,
+        test=test,
+        level="word",
+        pretokenized=True,
+        closed_vocabulary=True,
     )
 
 

@@ -29,7 +29,9 @@ def encode_corpus(vocabulary, sentences: Sequence[str]) -> list[list[int]]:
     return [ids for ids in encoded if ids]
 
 
-def sentence_windows(sentences: Sequence[Sequence[int]], max_length: int | None = None) -> list[np.ndarray]:
+def sentence_windows(
+    sentences: Sequence[Sequence[int]], max_length: int | None = None
+) -> list[np.ndarray]:
     """``<bos> ids <eos>`` per sentence, split into windows of at most ``max_length + 1`` ids.
 
     A window of ``n`` ids gives ``n - 1`` predictions; consecutive windows share one id so
@@ -120,7 +122,9 @@ def token_stream(sentences: Sequence[Sequence[int]]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
 
 
-def stream_batches(stream: np.ndarray, batch_size: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+def stream_batches(
+    stream: np.ndarray, batch_size: int, num_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``(inputs, targets)`` arrays of shape ``(num_batches, batch_size, num_steps)``.
 
     Row ``b`` of batch ``i + 1`` continues row ``b`` of batch ``i``; targets are inputs shifted
@@ -143,7 +147,9 @@ def stream_batches(stream: np.ndarray, batch_size: int, num_steps: int) -> tuple
     return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
 
 
-def stream_dataset(sentences: Sequence[Sequence[int]], batch_size: int = 20, num_steps: int = 20) -> tf.data.Dataset:
+def stream_dataset(
+    sentences: Sequence[Sequence[int]], batch_size: int = 20, num_steps: int = 20
+) -> tf.data.Dataset:
     """TBPTT batches in order (never shuffled), static shape ``(batch_size, num_steps)``."""
     inputs, targets = stream_batches(token_stream(sentences), batch_size, num_steps)
     return tf.data.Dataset.from_tensor_slices((inputs, targets)).prefetch(tf.data.AUTOTUNE)

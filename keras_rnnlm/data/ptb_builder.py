@@ -12,8 +12,6 @@ class Ptb(tfds.core.GeneratorBasedBuilder):
     """Penn Treebank as preprocessed by Mikolov et al. (10k words, ``<unk>``, ``N``)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    # Keep file order: stream (TBPTT) training reads the corpus as one continuous text.
-    disable_shuffling = True
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Put ptb.train.txt, ptb.valid.txt and ptb.test.txt in the manual directory, or leave it "
         "empty to download them (needs internet)."
@@ -23,6 +21,8 @@ class Ptb(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
             homepage="https://www.fit.vutbr.cz/~imikolov/rnnlm/",
+            # keep file order: stream (TBPTT) training reads the corpus as one continuous text
+            disable_shuffling=True,
         )
 
     def _split_generators(self, dl_manager):

@@ -22,7 +22,9 @@ LEVELS = ("word", "char")
 _WORD_PATTERN = re.compile(r"\w+|[^\w\s]")
 
 
-def tokenize(text: str, level: str = "word", lowercase: bool = False, pretokenized: bool = False) -> list[str]:
+def tokenize(
+    text: str, level: str = "word", lowercase: bool = False, pretokenized: bool = False
+) -> list[str]:
     """Split one sentence into tokens: words (and punctuation) or characters."""
     if level == "char":
         return list(text)
@@ -49,7 +51,13 @@ class Vocabulary:
     [4, 5]
     """
 
-    def __init__(self, tokens: Sequence[str], level: str = "word", lowercase: bool = False, pretokenized: bool = False):
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        level: str = "word",
+        lowercase: bool = False,
+        pretokenized: bool = False,
+    ):
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}.")
         tokens = [t for t in tokens if t not in SPECIAL_TOKENS]
@@ -77,7 +85,9 @@ class Vocabulary:
             counts.update(tokenize(sentence, level, lowercase, pretokenized))
         for special in SPECIAL_TOKENS:
             counts.pop(special, None)
-        kept = [t for t, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count]
+        kept = [
+            t for t, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count
+        ]
         if max_size is not None:
             kept = kept[: max(0, max_size - len(SPECIAL_TOKENS))]
         return cls(kept, level=level, lowercase=lowercase, pretokenized=pretokenized)
@@ -111,7 +121,9 @@ class Vocabulary:
             tokens.append(self.tokens[i] if 0 <= i < len(self.tokens) else UNK)
         return ("" if self.level == "char" else " ").join(tokens)
 
-    def unigram_perplexity(self, sentences: Iterable[Sequence[int]], eval_sentences: Iterable[Sequence[int]]) -> float:
+    def unigram_perplexity(
+        self, sentences: Iterable[Sequence[int]], eval_sentences: Iterable[Sequence[int]]
+    ) -> float:
         """Perplexity of an add-one unigram model fit on ``sentences``, on ``eval_sentences``.
 
         Both are id lists *including* the predicted ``<eos>``; the baseline an LM must beat.
@@ -140,12 +152,14 @@ class Vocabulary:
             "level": self.level,
             "lowercase": self.lowercase,
             "pretokenized": self.pretokenized,
-            "tokens": self.tokens[len(SPECIAL_TOKENS):],
+            "tokens": self.tokens[len(SPECIAL_TOKENS) :],
         }
 
     def save(self, path) -> None:
         """Write ``vocabulary.json`` (JSON keeps characters like newline or space intact)."""
-        Path(path).write_text(json.dumps(self.get_config(), ensure_ascii=False, indent=0), encoding="utf-8")
+        Path(path).write_text(
+            json.dumps(self.get_config(), ensure_ascii=False, indent=0), encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, path) -> "Vocabulary":
