@@ -119,14 +119,17 @@ class RNNLanguageModel(keras.Model):
             )
 
     def build(self, input_shape):
-        self.embedding.build(input_shape)
-        self.rnn.build(tuple(input_shape) + (self.embedding_dim,))
+        input_shape = tuple(input_shape)
+        if not self.embedding.built:
+            self.embedding.build(input_shape)
+        if not self.rnn.built:
+            self.rnn.build(input_shape + (self.embedding_dim,))
         if self.tie_embeddings:
             self.output_bias = self.add_weight(
                 shape=(self.vocabulary_size,), initializer="zeros", name="output_bias"
             )
-        else:
-            self.output_layer.build(tuple(input_shape) + (self.units,))
+        elif not self.output_layer.built:
+            self.output_layer.build(input_shape + (self.units,))
         self.built = True
 
     @property
@@ -150,6 +153,8 @@ class RNNLanguageModel(keras.Model):
         Padded positions (id 0) leave the states unchanged, so the final states of a
         right-padded batch are each row's states after its last real token.
         """
+        if not self.built:
+            self.build(tuple(token_ids.shape))
         mask = ops.not_equal(token_ids, 0)  # (batch, time)
         x = self.embedding(token_ids)  # (batch, time, embedding_dim)
         hidden, states = self.rnn(x, mask=mask, initial_state=initial_state, training=training)

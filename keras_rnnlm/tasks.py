@@ -90,3 +90,54 @@ class MarkovSource:
                 count += 1
                 state = 1 + column
         return total, count
+
+
+class RecallTask:
+    """Long-range dependency: recall the first symbol after ``distance`` distractors.
+
+    An example is ``x_0 x_1 .. x_d`` with ``x_0`` drawn uniformly from ``num_symbols`` symbols
+    and ``x_1 .. x_d`` uniformly from ``num_distractors`` distractor tokens (a separate
+    alphabet); the label is the index of ``x_0``. Read left to right, the label depends only
+    on the token at distance ``d`` from the last input position, so a recurrent model must
+    carry it through ``d`` steps; chance accuracy is ``1 / num_symbols``.
+
+    Args:
+        distance: ``d >= 0``, the number of distractors after the symbol.
+        num_symbols: alphabet to recall (ids ``4 .. 4 + num_symbols - 1``).
+        num_distractors: distractor alphabet (the following ids).
+
+    Example:
+
+    >>> task = RecallTask(distance=50)
+    >>> inputs, labels = task.sample(1000, seed=0)  # (1000, 51) ids, (1000,) labels in 0..7
+    """
+
+    def __init__(self, distance: int, num_symbols: int = 8, num_distractors: int = 8):
+        if distance < 0 or num_symbols < 2 or num_distractors < 1:
+            raise ValueError("Need distance >= 0, num_symbols >= 2 and num_distractors >= 1.")
+        self.distance = distance
+        self.num_symbols = num_symbols
+        self.num_distractors = num_distractors
+
+    @property
+    def vocabulary_size(self) -> int:
+        return FIRST_SYMBOL + self.num_symbols + self.num_distractors
+
+    @property
+    def chance_accuracy(self) -> float:
+        return 1.0 / self.num_symbols
+
+    def label(self, inputs: np.ndarray) -> np.ndarray:
+        """The label of each row: the index of its first token among the symbols."""
+        return np.asarray(inputs)[:, 0] - FIRST_SYMBOL
+
+    def sample(self, num_examples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``(inputs, labels)``: int32 ``(num_examples, distance + 1)`` and ``(num_examples,)``."""
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, self.num_symbols, size=num_examples)
+        distractors = rng.integers(0, self.num_distractors, size=(num_examples, self.distance))
+        inputs = np.concatenate(
+            [labels[:, None] + FIRST_SYMBOL, distractors + FIRST_SYMBOL + self.num_symbols],
+            axis=1,
+        ).astype("int32")
+        return inputs, labels.astype("int32")

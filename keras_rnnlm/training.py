@@ -36,8 +36,8 @@ def make_optimizer(
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
     if clipping not in CLIPPING:
         raise ValueError(f"clipping must be one of {CLIPPING}, got {clipping!r}.")
-    if learning_rate <= 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}.")
+    if learning_rate < 0:
+        raise ValueError(f"learning_rate must be >= 0, got {learning_rate}.")
     kwargs = {}
     if clip_norm is not None and clipping != "none":
         if clip_norm <= 0:

@@ -1,0 +1,129 @@
+"""Optimizers and clipping, schedules, stateful (TBPTT) training, exact evaluation, presets."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_rnnlm.data.pipelines import stream_dataset, token_stream
+from keras_rnnlm.models import RNNLanguageModel
+from keras_rnnlm.runs import TrainConfig, stateless_copy
+from keras_rnnlm.training import (
+    PRESETS,
+    EpochDecay,
+    ResetStatesCallback,
+    compile_language_model,
+    evaluate_perplexity,
+    evaluate_stream_perplexity,
+    make_optimizer,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def _apply(optimizer, grads):
+    variables = [keras.Variable(np.zeros_like(g)) for g in grads]
+    optimizer.apply_gradients(zip([tf.constant(g) for g in grads], variables))
+    return [-np.asarray(v) for v in variables]  # SGD lr 1: the applied (clipped) gradient
+
+
+def test_global_clipping_rescales_all_gradients_together():
+    grads = [np.array([3.0, 0.0], np.float32), np.array([0.0, 4.0, 0.0], np.float32)]  # global norm 5
+    applied = _apply(make_optimizer("sgd", 1.0, clip_norm=1.0, clipping="global"), grads)
+    np.testing.assert_allclose(applied[0], [0.6, 0.0], atol=1e-6)
+    np.testing.assert_allclose(applied[1], [0.0, 0.8, 0.0], atol=1e-6)
+    per_variable = _apply(make_optimizer("sgd", 1.0, clip_norm=1.0, clipping="per_variable"), grads)
+    np.testing.assert_allclose(per_variable[0], [1.0, 0.0], atol=1e-6)  # direction changed
+    np.testing.assert_allclose(per_variable[1], [0.0, 1.0, 0.0], atol=1e-6)
+    unclipped = _apply(make_optimizer("sgd", 1.0, clip_norm=1.0, clipping="none"), grads)
+    np.testing.assert_allclose(unclipped[1], grads[1])
+
+
+def test_optimizer_argument_errors():
+    with pytest.raises(ValueError, match="optimizer"):
+        make_optimizer("rmsprop")
+    with pytest.raises(ValueError, match="clip_norm"):
+        make_optimizer("sgd", 1.0, clip_norm=-1.0)
+
+
+def test_epoch_decay_is_zaremba_schedule():
+    schedule = EpochDecay(1.0, decay_start_epoch=4, decay_factor=2.0)
+    assert [schedule(e) for e in range(7)] == [1.0, 1.0, 1.0, 1.0, 0.5, 0.25, 0.125]
+
+
+def test_presets_match_the_paper():
+    # Zaremba, Sutskever & Vinyals (2014), section 4.1
+    table = {
+        #          layers units steps batch init  dropout lr  max_epoch decay clip epochs valid test
+        "small": (2, 200, 20, 20, 0.1, 0.0, 1.0, 4, 2.0, 5.0, 13, 120.7, 114.5),
+        "medium": (2, 650, 35, 20, 0.05, 0.5, 1.0, 6, 1.2, 5.0, 39, 86.2, 82.7),
+        "large": (2, 1500, 35, 20, 0.04, 0.65, 1.0, 14, 1.15, 10.0, 55, 82.2, 78.4),
+    }
+    for name, row in table.items():
+        p = PRESETS[name]
+        got = (p.num_layers, p.units, p.num_steps, p.batch_size, p.init_scale, p.dropout, p.learning_rate,
+               p.decay_start_epoch, p.decay_factor, p.clip_norm, p.epochs, p.paper_valid_perplexity,
+               p.paper_test_perplexity)  # fmt: skip
+        assert got == row, name
+        # Keras minimises the mean over the num_steps steps: same update, same clipping
+        assert p.keras_learning_rate == pytest.approx(p.learning_rate * p.num_steps)
+        assert p.keras_clip_norm == pytest.approx(p.clip_norm / p.num_steps)
+        config = TrainConfig.from_preset(name)
+        assert (config.mode, config.optimizer, config.clipping, config.units) == ("stream", "sgd", "global", p.units)
+
+
+def _stateful(batch=2):
+    model = RNNLanguageModel(20, units=8, embedding_dim=8, stateful=True)
+    model.build((batch, None))
+    return model
+
+
+def test_stateful_model_carries_state_and_resets():
+    model = _stateful()
+    a, b = RNG.integers(1, 20, size=(2, 5)), RNG.integers(1, 20, size=(2, 5))
+    fresh_b = np.asarray(model(b))
+    model.reset_states()
+    model(a)
+    carried_b = np.asarray(model(b))
+    assert not np.allclose(carried_b, fresh_b)  # state from `a` changes the predictions on `b`
+    # carrying equals reading a and b as one sequence
+    model.reset_states()
+    whole = np.asarray(stateless_copy(model)(np.concatenate([a, b], axis=1)))
+    np.testing.assert_allclose(carried_b, whole[:, 5:], atol=1e-5)
+    model.reset_states()
+    np.testing.assert_allclose(np.asarray(model(b)), fresh_b, atol=1e-6)
+
+
+def test_carrying_state_changes_the_training_loss_and_resets_each_epoch():
+    stream = RNG.integers(4, 20, size=2000)
+    sentences = [list(stream[i : i + 10]) for i in range(0, 2000, 10)]
+    data = stream_dataset(sentences, batch_size=2, num_steps=5)
+
+    seen = []
+
+    class RecordState(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(float(np.abs(np.asarray(self.model.rnn.rnn_layers[0].state_variables[0])).sum()))
+
+    model = _stateful()
+    compile_language_model(model, "sgd", 0.0, None, jit_compile=False)  # lr 0: weights frozen
+    carried = model.evaluate(data, verbose=0, return_dict=True)["perplexity"]
+    model.fit(data, epochs=2, verbose=0, callbacks=[ResetStatesCallback(), RecordState()])
+    assert seen == [0.0, 0.0]  # zero state at the start of every epoch
+
+    # the same frozen weights without carrying state (state zero at every window)
+    stateless = stateless_copy(model)
+    compile_language_model(stateless, "sgd", 0.0, None, jit_compile=False)
+    not_carried = stateless.evaluate(data, verbose=0, return_dict=True)["perplexity"]
+    assert abs(carried - not_carried) > 1e-4
+
+
+def test_stream_evaluation_equals_one_forward_pass():
+    model = RNNLanguageModel(20, units=8, embedding_dim=8)
+    sentences = [list(RNG.integers(4, 20, size=n)) for n in (5, 9, 3, 12)]
+    stream = token_stream(sentences)
+    windowed = evaluate_stream_perplexity(model, stream, window=7)
+    x, y = stream[None, :-1], stream[None, 1:]
+    single = evaluate_perplexity(model, tf.data.Dataset.from_tensors((x, y)))
+    assert windowed["tokens"] == len(stream) - 1 == single["tokens"]
+    assert windowed["perplexity"] == pytest.approx(single["perplexity"], rel=1e-5)
