@@ -5,6 +5,17 @@ from keras_rnnlm.layers import Bidirectional, Recurrent, StackedRecurrent
 from keras_rnnlm.losses import MaskedLanguageModelLoss
 from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
 from keras_rnnlm.models import RNNLanguageModel
+from keras_rnnlm.samplers import (
+    BeamSampler,
+    GreedySampler,
+    RandomSampler,
+    Sampler,
+    TopKSampler,
+    TopPSampler,
+    generate,
+    generate_text,
+)
+from keras_rnnlm.scoring import score_sentences, text_perplexity
 from keras_rnnlm.training import (
     PRESETS,
     EpochDecay,
@@ -19,20 +30,30 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "BeamSampler",
     "Bidirectional",
     "BitsPerCharacter",
     "EpochDecay",
     "GRUCell",
+    "GreedySampler",
     "LSTMCell",
     "MaskedLanguageModelLoss",
     "Perplexity",
     "RNNLanguageModel",
+    "RandomSampler",
     "Recurrent",
     "ResetStatesCallback",
+    "Sampler",
     "SimpleRNNCell",
     "StackedRecurrent",
     "StopOnDivergence",
+    "TopKSampler",
+    "TopPSampler",
     "compile_language_model",
     "evaluate_perplexity",
+    "generate",
+    "generate_text",
     "make_optimizer",
+    "score_sentences",
+    "text_perplexity",
 ]

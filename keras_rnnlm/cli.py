@@ -123,6 +123,118 @@ def _evaluate(args):
     return 0
 
 
+def _add_generate_parser(subparsers):
+    p = subparsers.add_parser(
+        "generate",
+        help="continue a prompt with a trained run's model (greedy, sampling, top-k/p, beam)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--prompt", default="", help="text to continue (<bos> is prepended)")
+    p.add_argument(
+        "--strategy", choices=["greedy", "sample", "top_k", "top_p", "beam"], default="top_p"
+    )
+    p.add_argument("--temperature", type=float, default=1.0, help="sample, top_k, top_p")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--beam-width", type=int, default=5)
+    p.add_argument(
+        "--length-penalty", type=float, default=0.0, help="beam: rank by log P / length**this"
+    )
+    p.add_argument("--max-length", type=int, default=40, help="maximum generated tokens")
+    p.add_argument("--num-samples", type=int, default=1, help="beam: the best beams")
+    p.add_argument("--seed", type=int, help="makes sampling reproducible")
+    p.add_argument("--allow-unk", action="store_true", help="let the model emit <unk>")
+    p.add_argument("--jit-compile", action="store_true", help="compile generation with XLA")
+    p.set_defaults(func=_generate)
+
+
+def _generate(args):
+    from keras_rnnlm.data.vocabulary import BOS_ID, PAD_ID
+    from keras_rnnlm.runs import load_run
+    from keras_rnnlm.samplers import generate_text, get_sampler
+
+    if args.num_samples < 1 or args.max_length < 1:
+        raise ValueError("--num-samples and --max-length must be >= 1.")
+    common = {"seed": args.seed}
+    if args.allow_unk:
+        common["suppressed_token_ids"] = (PAD_ID, BOS_ID)
+    options = {
+        "greedy": {},
+        "sample": {"temperature": args.temperature},
+        "top_k": {"temperature": args.temperature, "k": args.top_k},
+        "top_p": {"temperature": args.temperature, "p": args.top_p},
+        "beam": {"num_beams": args.beam_width, "length_penalty": args.length_penalty},
+    }[args.strategy]
+    sampler = get_sampler(args.strategy, **common, **options)
+    model, vocabulary = load_run(args.run_dir)
+    (samples,) = generate_text(
+        model,
+        vocabulary,
+        [args.prompt],
+        sampler,
+        max_length=args.max_length,
+        num_samples=args.num_samples,
+        jit_compile=args.jit_compile,
+    )
+    prefix = vocabulary.decode(vocabulary.encode(args.prompt))
+    for sample in samples:
+        print(f"{prefix} {sample}".strip() if vocabulary.level == "word" else prefix + sample)
+    return 0
+
+
+def _add_score_parser(subparsers):
+    p = subparsers.add_parser(
+        "score", help="log-probability of sentences and perplexity of a text under a run's model"
+    )
+    p.add_argument("run_dir")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="one sentence: per-token log-probabilities and total")
+    source.add_argument("--file", help="text, one sentence per line: perplexity (JSON)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_score)
+
+
+def _score(args):
+    from keras_rnnlm.runs import load_run
+    from keras_rnnlm.scoring import score_sentences, text_perplexity
+
+    model, vocabulary = load_run(args.run_dir)
+    if args.text is not None:
+        if not vocabulary.encode(args.text):
+            raise ValueError("--text holds no token.")
+        (score,) = score_sentences(model, vocabulary, [args.text])
+        for token, log_prob in zip(score.tokens, score.token_log_probs, strict=True):
+            print(f"{token}\t{log_prob:.4f}")
+        print(
+            f"log_prob {score.log_prob:.4f}  tokens {score.num_tokens}  "
+            f"perplexity {score.perplexity:.2f}"
+        )
+        return 0
+    with open(args.file, encoding="utf-8") as f:
+        sentences = [line.strip() for line in f if line.strip()]
+    result = text_perplexity(model, vocabulary, sentences, args.batch_size)
+    result["file"] = str(args.file)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_export_parser(subparsers):
+    p = subparsers.add_parser("export", help="export a trained run as a SavedModel for serving")
+    p.add_argument("run_dir")
+    p.add_argument("savedmodel_dir")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_export)
+
+
+def _export(args):
+    from keras_rnnlm.export import export_run
+
+    path = export_run(args.run_dir, args.savedmodel_dir, overwrite=args.overwrite)
+    print(f"SavedModel written to {path}/ (signatures: see {path}/model_card.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-rnnlm", description="RNN language models on Keras 3."
@@ -130,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(subparsers)
     _add_evaluate_parser(subparsers)
+    _add_export_parser(subparsers)
+    _add_generate_parser(subparsers)
+    _add_score_parser(subparsers)
     return parser
 
 

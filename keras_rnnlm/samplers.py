@@ -18,6 +18,7 @@ Randomness is stateless (``tf.random.stateless_categorical`` seeded with ``(seed
 same seed gives the same samples, in eager, graph or XLA mode alike within one mode.
 """
 
+import random
 from collections.abc import Callable, Sequence
 
 import keras
@@ -183,7 +184,7 @@ class Sampler:
 
     def resolve_seed(self):
         """The base seed of one call: ``self.seed`` or a fresh random one."""
-        seed = self.seed if self.seed is not None else np.random.randint(0, 2**31 - 1)
+        seed = self.seed if self.seed is not None else random.randrange(2**31 - 1)
         return tf.constant([seed, 0], dtype="int32")
 
     def __call__(self, next_fn, logits, states, max_length, end_token_id=EOS_ID, seed=None):
@@ -421,7 +422,9 @@ class BeamSampler(Sampler):
             logits, states = next_fn(tf.reshape(token, [-1]), states)
             updated = (logits, states, scores, finished, lengths, sequences)
             # Keep the static shapes the loop started with (reshapes by a dynamic batch lose them).
-            updated = tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, old.shape), updated, static)
+            updated = tf.nest.map_structure(
+                lambda new, old: tf.ensure_shape(new, old.shape), updated, static
+            )
             return (t + 1, *updated)
 
         _, _, _, scores, _, lengths, sequences = tf.while_loop(
@@ -586,8 +589,7 @@ def generate_text(
     if isinstance(sampler, BeamSampler):
         if num_samples > sampler.num_beams:
             raise ValueError(
-                f"num_samples ({num_samples}) must not exceed the beam width "
-                f"({sampler.num_beams})."
+                f"num_samples ({num_samples}) must not exceed the beam width ({sampler.num_beams})."
             )
         beams = BeamSampler.from_config({**sampler.get_config(), "return_all_beams": True})
         sequences, _ = generate(model, encoded, beams, max_length, jit_compile=jit_compile)
