@@ -1,6 +1,11 @@
 """keras_rnnlm: RNN language models on Keras 3."""
 
 from keras_rnnlm.cells import GRUCell, LSTMCell, SimpleRNNCell
+from keras_rnnlm.gradients import (
+    GradientNormMonitor,
+    gradient_norms_by_distance,
+    jacobian_spectrum,
+)
 from keras_rnnlm.layers import Bidirectional, Recurrent, StackedRecurrent
 from keras_rnnlm.losses import MaskedLanguageModelLoss
 from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
@@ -16,6 +21,7 @@ from keras_rnnlm.samplers import (
     generate_text,
 )
 from keras_rnnlm.scoring import score_sentences, text_perplexity
+from keras_rnnlm.tasks import MarkovSource, RecallTask
 from keras_rnnlm.training import (
     PRESETS,
     EpochDecay,
@@ -35,12 +41,15 @@ __all__ = [
     "BitsPerCharacter",
     "EpochDecay",
     "GRUCell",
+    "GradientNormMonitor",
     "GreedySampler",
     "LSTMCell",
+    "MarkovSource",
     "MaskedLanguageModelLoss",
     "Perplexity",
     "RNNLanguageModel",
     "RandomSampler",
+    "RecallTask",
     "Recurrent",
     "ResetStatesCallback",
     "Sampler",
@@ -51,6 +60,8 @@ __all__ = [
     "TopPSampler",
     "compile_language_model",
     "evaluate_perplexity",
+    "gradient_norms_by_distance",
+    "jacobian_spectrum",
     "generate",
     "generate_text",
     "make_optimizer",

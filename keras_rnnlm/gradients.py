@@ -113,8 +113,7 @@ def last_position_loss(
     ]
     for layer, cell in enumerate(cells):
         states = [
-            tf.zeros((batch, size), dtype=embedded.dtype)
-            for size in _as_list(cell.state_size)
+            tf.zeros((batch, size), dtype=embedded.dtype) for size in _as_list(cell.state_size)
         ]
         outputs = []
         for t in range(num_steps):
@@ -205,9 +204,7 @@ def gradient_norms_by_distance(
         tape.watch(list(state_deltas.values()) + list(input_deltas.values()))
         loss = last_position_loss(model, embedded, target_ids, state_deltas, input_deltas)
     keys = list(state_deltas)
-    grads = tape.gradient(
-        loss, [state_deltas[k] for k in keys] + [input_deltas[t] for t in steps]
-    )
+    grads = tape.gradient(loss, [state_deltas[k] for k in keys] + [input_deltas[t] for t in steps])
 
     def mean_norm(g):
         return float(np.mean(np.linalg.norm(np.asarray(g, np.float64), axis=-1)))
@@ -330,7 +327,8 @@ class GradientNormMonitor(keras.callbacks.Callback):
 
     Args:
         log_dir: optional directory; if set, the per-step values are also written as
-            TensorBoard scalars (``tf.summary``), step = optimizer iteration.
+            TensorBoard scalars (``tf.summary``, needs the ``tensorboard`` package), step =
+            optimizer iteration.
 
     Example:
 
@@ -367,8 +365,9 @@ class GradientNormMonitor(keras.callbacks.Callback):
             )
             monitor._keras_norm.assign(tf.cast(tf.linalg.global_norm(grads), "float32"))
             monitor._max_var.assign(
-                tf.cast(tf.reduce_max(tf.stack([tf.linalg.global_norm([g]) for g in grads])),
-                        "float32")
+                tf.cast(
+                    tf.reduce_max(tf.stack([tf.linalg.global_norm([g]) for g in grads])), "float32"
+                )
             )
             return original(grads_and_vars)
 
@@ -376,6 +375,13 @@ class GradientNormMonitor(keras.callbacks.Callback):
         self._optimizer = optimizer
         self.model.make_train_function(force=True)
         if self.log_dir is not None:
+            try:
+                import tensorboard  # noqa: F401  (tf.summary.scalar needs it)
+            except ImportError as error:
+                raise ImportError(
+                    "GradientNormMonitor(log_dir=...) writes TensorBoard scalars and needs the "
+                    "`tensorboard` package (pip install tensorboard); or leave log_dir=None."
+                ) from error
             self._writer = tf.summary.create_file_writer(self.log_dir)
 
     def _clip_fired(self, keras_norm, max_var):
