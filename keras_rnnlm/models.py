@@ -160,6 +160,28 @@ class RNNLanguageModel(keras.Model):
         hidden, states = self.rnn(x, mask=mask, initial_state=initial_state, training=training)
         return self.logits_from_hidden(hidden), states  # (batch, time, vocabulary_size)
 
+    def step(self, token_ids, states):
+        """One decoding step: logits ``(batch, vocabulary_size)`` for the next token and the new
+        states, from ``token_ids`` ``(batch,)`` and the states after the previous tokens.
+
+        Runs each cell's single step directly (no time loop), so it is O(1) per token and nests
+        inside an XLA-compiled decoding loop. Padding ids (0) keep the states unchanged.
+        """
+        if self.use_builtin_layers:  # Keras layers have no single-step API: a length-1 sequence
+            logits, new_states = self.forward(token_ids[:, None], initial_state=states)
+            return logits[:, 0, :], new_states
+        keep = ops.not_equal(token_ids, 0)[:, None]  # (batch, 1)
+        x = self.embedding(token_ids)  # (batch, embedding_dim)
+        new_states = []
+        for i, layer in enumerate(self.rnn.rnn_layers):
+            h, layer_states = layer.cell.step(layer.cell.project_inputs(x), list(states[i]))
+            layer_states = [ops.where(keep, new, old) for new, old in zip(layer_states, states[i])]
+            if self.residual and i > 0 and h.shape[-1] == x.shape[-1]:
+                h = h + x
+            new_states.append(layer_states)
+            x = h
+        return self.logits_from_hidden(x), new_states
+
     def call(self, inputs, training=False):
         return self.forward(inputs, training=training)[0]
 

@@ -28,7 +28,10 @@ def _apply(optimizer, grads):
 
 
 def test_global_clipping_rescales_all_gradients_together():
-    grads = [np.array([3.0, 0.0], np.float32), np.array([0.0, 4.0, 0.0], np.float32)]  # global norm 5
+    grads = [
+        np.array([3.0, 0.0], np.float32),
+        np.array([0.0, 4.0, 0.0], np.float32),
+    ]  # global norm 5
     applied = _apply(make_optimizer("sgd", 1.0, clip_norm=1.0, clipping="global"), grads)
     np.testing.assert_allclose(applied[0], [0.6, 0.0], atol=1e-6)
     np.testing.assert_allclose(applied[1], [0.0, 0.8, 0.0], atol=1e-6)
@@ -69,7 +72,12 @@ def test_presets_match_the_paper():
         assert p.keras_learning_rate == pytest.approx(p.learning_rate * p.num_steps)
         assert p.keras_clip_norm == pytest.approx(p.clip_norm / p.num_steps)
         config = TrainConfig.from_preset(name)
-        assert (config.mode, config.optimizer, config.clipping, config.units) == ("stream", "sgd", "global", p.units)
+        assert (config.mode, config.optimizer, config.clipping, config.units) == (
+            "stream",
+            "sgd",
+            "global",
+            p.units,
+        )
 
 
 def _stateful(batch=2):
@@ -103,7 +111,9 @@ def test_carrying_state_changes_the_training_loss_and_resets_each_epoch():
 
     class RecordState(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            seen.append(float(np.abs(np.asarray(self.model.rnn.rnn_layers[0].state_variables[0])).sum()))
+            seen.append(
+                float(np.abs(np.asarray(self.model.rnn.rnn_layers[0].state_variables[0])).sum())
+            )
 
     model = _stateful()
     compile_language_model(model, "sgd", 0.0, None, jit_compile=False)  # lr 0: weights frozen

@@ -1,0 +1,200 @@
+"""SavedModel export: signatures, a TF-only consumer process, no cuDNN, clear errors."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_rnnlm.data.vocabulary import Vocabulary
+from keras_rnnlm.export import export_run, export_saved_model, saved_model_op_types
+from keras_rnnlm.models import RNNLanguageModel
+from keras_rnnlm.training import compile_language_model
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+SENTENCES = ["the cat sat on the mat .", "a dog sat on a log !", "the dog and the cat"]
+RNG = np.random.default_rng(0)
+
+
+def _trained(cell="lstm", num_layers=2, use_builtin_layers=False):
+    vocab = Vocabulary.build(SENTENCES, lowercase=True)
+    model = RNNLanguageModel(vocab.size, cell=cell, num_layers=num_layers, units=8, embedding_dim=8,
+                             use_builtin_layers=use_builtin_layers)  # fmt: skip
+    compile_language_model(model, "adam", 0.01, jit_compile=False)
+    x = RNG.integers(2, vocab.size, size=(8, 6)).astype("int32")
+    model.fit(x[:, :-1], x[:, 1:], epochs=1, verbose=0)
+    return model, vocab
+
+
+def _ids(batch, vocab_size, time=7):
+    ids = RNG.integers(4, vocab_size, size=(batch, time)).astype("int32")
+    ids[:, 0] = 2
+    lengths = RNG.integers(2, time + 1, size=batch)
+    ids[np.arange(time)[None, :] >= lengths[:, None]] = 0
+    return ids
+
+
+def _greedy_reference(model, prompt, steps):
+    """Greedy decoding by re-feeding the whole prefix (an independent, slow truth)."""
+    seq = [int(t) for t in prompt if t != 0]
+    out = []
+    for _ in range(steps):
+        logits = np.array(model(np.array([seq])))[0, -1]
+        logits[[0, 1, 2]] = -np.inf
+        token = int(np.argmax(logits))
+        out.append(token)
+        if token == 3:
+            break
+        seq.append(token)
+    return out + [0] * (steps - len(out))
+
+
+CONSUMER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    export_dir, inputs_path, outputs_path = sys.argv[1:4]
+    loaded = tf.saved_model.load(export_dir)
+    card = json.load(open(export_dir + "/model_card.json"))
+    inputs = np.load(inputs_path)
+    results = {}
+    for batch in (1, 3, 17):
+        ids = tf.constant(inputs[f"ids_{batch}"])
+        scored = loaded.signatures["serving_default"](token_ids=ids)
+        results[f"log_probs_{batch}"] = scored["log_probs"].numpy()
+        results[f"token_log_probs_{batch}"] = scored["token_log_probs"].numpy()
+        assert np.allclose(loaded.signatures["score"](token_ids=ids)["log_probs"].numpy(), scored["log_probs"].numpy())
+        state = loaded.signatures["initial_state"](batch_size=tf.constant(batch))
+        assert sorted(state) == sorted(card["state_names"])
+        steps = []
+        for t in range(ids.shape[1]):
+            out = loaded.signatures["step"](token=ids[:, t], **state)
+            steps.append(tf.nn.log_softmax(out.pop("logits")).numpy())
+            state = out
+        results[f"step_log_probs_{batch}"] = np.stack(steps, axis=1)
+        generated = loaded.signatures["generate"](
+            prompt_ids=ids, max_new_tokens=tf.constant(6), temperature=tf.constant(0.0),
+            top_k=tf.constant(0), seed=tf.constant(0))
+        results[f"generated_{batch}"] = generated["generated_ids"].numpy()
+    text = loaded.signatures["detokenize"](**loaded.signatures["tokenize"](text=tf.constant(["The cat sat .", "a zebra"])))
+    results["roundtrip"] = np.array([t.decode() for t in text["text"].numpy()])
+    results["tokenized"] = loaded.signatures["tokenize"](text=tf.constant(["The cat sat ."]))["token_ids"].numpy()
+    assert not any(m.split(".")[0] == "keras_rnnlm" for m in sys.modules), "keras_rnnlm was imported"
+    np.savez(outputs_path, **results)
+    print("consumer ok")
+    """
+)
+
+
+@pytest.mark.parametrize("cell,use_builtin_layers", [("lstm", False), ("gru", True)])
+def test_tf_only_process_serves_every_signature(tmp_path, cell, use_builtin_layers):
+    model, vocab = _trained(cell, use_builtin_layers=use_builtin_layers)
+    export_dir = export_saved_model(model, vocab, tmp_path / "export", model_card={"corpus": "toy"})
+    assert not any("cudnn" in op.lower() for op in saved_model_op_types(export_dir))
+    card = json.loads((export_dir / "model_card.json").read_text())
+    assert card["corpus"] == "toy" and card["tensorflow_version"] == tf.__version__
+    assert Vocabulary.load(export_dir / "vocabulary.json") == vocab
+
+    inputs = {f"ids_{b}": _ids(b, vocab.size) for b in (1, 3, 17)}
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    (tmp_path / "consumer.py").write_text(CONSUMER)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "consumer.py"), str(export_dir), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "consumer ok" in proc.stdout, proc.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    for b in (1, 3, 17):
+        ids = inputs[f"ids_{b}"]
+        real = ids != 0
+        expected = np.asarray(keras.ops.log_softmax(model(ids), axis=-1))
+        np.testing.assert_allclose(out[f"log_probs_{b}"][real], expected[real], atol=1e-5)
+        np.testing.assert_allclose(
+            out[f"step_log_probs_{b}"][real], out[f"log_probs_{b}"][real], atol=1e-5
+        )
+        next_ids = np.concatenate([ids[:, 1:], np.zeros((b, 1), ids.dtype)], axis=1)
+        picked = np.take_along_axis(expected, next_ids[..., None], axis=-1)[..., 0] * (
+            next_ids != 0
+        )
+        np.testing.assert_allclose(out[f"token_log_probs_{b}"], picked, atol=1e-5)
+        for row in range(min(b, 3)):
+            assert list(out[f"generated_{b}"][row]) == _greedy_reference(model, ids[row], 6)
+    assert list(out["roundtrip"]) == ["the cat sat .", "a <unk>"]
+    assert list(out["tokenized"][0]) == [2, *vocab.encode("The cat sat .")]
+
+    shown = subprocess.run(
+        ["saved_model_cli", "show", "--dir", str(export_dir), "--all"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    for name in (
+        "serving_default",
+        "score",
+        "step",
+        "initial_state",
+        "generate",
+        "tokenize",
+        "detokenize",
+    ):
+        assert f"signature_def['{name}']" in shown.stdout
+
+
+def test_keras_file_and_export_agree(tmp_path):
+    model, vocab = _trained("simple_rnn", num_layers=1)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    export_dir = export_saved_model(model, vocab, tmp_path / "export")
+    ids = _ids(3, vocab.size)
+    served = tf.saved_model.load(str(export_dir)).signatures["serving_default"](
+        token_ids=tf.constant(ids)
+    )
+    expected = np.asarray(keras.ops.log_softmax(reloaded(ids), axis=-1))
+    np.testing.assert_allclose(served["log_probs"].numpy()[ids != 0], expected[ids != 0], atol=1e-5)
+
+
+def test_bad_ids_are_refused(tmp_path):
+    model, vocab = _trained("gru", num_layers=1)
+    served = tf.saved_model.load(str(export_saved_model(model, vocab, tmp_path / "e"))).signatures[
+        "serving_default"
+    ]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="vocabulary_size"):
+        served(token_ids=tf.constant([[2, vocab.size]], tf.int32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=">= 0"):
+        served(token_ids=tf.constant([[2, -1]], tf.int32))
+    for dtype in (tf.int64, tf.float32):
+        with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="int32"):
+            served(token_ids=tf.constant([[2, 3]], dtype))
+
+
+def test_untrained_or_unbuilt_export_is_a_clear_error(tmp_path):
+    vocab = Vocabulary.build(SENTENCES)
+    model = RNNLanguageModel(vocab.size, units=4, embedding_dim=4)
+    with pytest.raises(ValueError, match="not built"):
+        export_saved_model(model, vocab, tmp_path / "a")
+    model.build((None, None))
+    with pytest.raises(ValueError, match="not been trained"):
+        export_saved_model(model, vocab, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    export_saved_model(model, vocab, tmp_path / "c", allow_untrained=True)
+    with pytest.raises(FileExistsError):
+        export_saved_model(model, vocab, tmp_path / "c", allow_untrained=True)
+
+
+def test_export_run_directory(tmp_path):
+    from keras_rnnlm.cli import main
+
+    (tmp_path / "t.txt").write_text("\n".join(SENTENCES * 5))
+    run = tmp_path / "run"
+    args = ["train", "--train-file", str(tmp_path / "t.txt"), "--valid-file", str(tmp_path / "t.txt"), "--epochs", "1",
+            "--units", "8", "--embedding-dim", "8", "--num-layers", "1", "--no-jit-compile", "--verbose", "0", "--output", str(run)]  # fmt: skip
+    assert main(args) == 0
+    assert main(["export", str(run), str(tmp_path / "export")]) == 0
+    card = json.loads((tmp_path / "export" / "model_card.json").read_text())
+    assert card["perplexity"]["valid"]["tokens"] > 0
+    export_run  # the CLI calls keras_rnnlm.export.export_run
