@@ -310,6 +310,8 @@ class GradientNormMonitor(keras.callbacks.Callback):
     original method. The train function is re-traced so that the wrapper is compiled in (it
     also works under ``jit_compile=True``). ``on_train_end`` removes the wrapper and drops the
     traced function again. Requires ``steps_per_execution=1`` (one update per logged step).
+    With a mixed-precision ``LossScaleOptimizer`` the logged norms are those of the *scaled*
+    gradients (the ones ``apply_gradients`` receives).
 
     Logged per step (in ``self.history`` and in the batch ``logs``, so a ``TensorBoard``
     callback placed *after* the monitor with ``update_freq="batch"`` writes them; History
