@@ -167,14 +167,18 @@ class RNNLanguageModel(keras.Model):
         Runs each cell's single step directly (no time loop), so it is O(1) per token and nests
         inside an XLA-compiled decoding loop. Padding ids (0) keep the states unchanged.
         """
-        if self.use_builtin_layers:  # Keras layers have no single-step API: a length-1 sequence
-            logits, new_states = self.forward(token_ids[:, None], initial_state=states)
-            return logits[:, 0, :], new_states
+        token_ids = ops.convert_to_tensor(token_ids, dtype="int32")
         keep = ops.not_equal(token_ids, 0)[:, None]  # (batch, 1)
         x = self.embedding(token_ids)  # (batch, embedding_dim)
         new_states = []
         for i, layer in enumerate(self.rnn.rnn_layers):
-            h, layer_states = layer.cell.step(layer.cell.project_inputs(x), list(states[i]))
+            if self.use_builtin_layers:  # keras.layers.LSTM/GRU/SimpleRNN: their cell steps once
+                h, layer_states = layer.cell(x, list(states[i]), training=False)
+                layer_states = (
+                    layer_states if isinstance(layer_states, (list, tuple)) else [layer_states]
+                )
+            else:
+                h, layer_states = layer.cell.step(layer.cell.project_inputs(x), list(states[i]))
             layer_states = [ops.where(keep, new, old) for new, old in zip(layer_states, states[i])]
             if self.residual and i > 0 and h.shape[-1] == x.shape[-1]:
                 h = h + x

@@ -26,7 +26,6 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rnnlm.data.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from keras_rnnlm.layers import Recurrent
 
 _PACKAGE = "keras_rnnlm"
 _NEG = -1e9  # "minus infinity" that keeps arithmetic finite (no inf - inf)
@@ -80,7 +79,8 @@ def decode_step(model, token_ids, states):
     """One decoding step: feed one token per row from the carried states (no time loop).
 
     Equivalent to ``model.forward(token_ids[:, None], initial_state=states)`` but calls the
-    cells directly, so its cost does not depend on how many tokens came before.
+    cells directly (``RNNLanguageModel.step``), so its cost does not depend on how many tokens
+    came before.
 
     Args:
         model: an ``RNNLanguageModel``.
@@ -97,19 +97,7 @@ def decode_step(model, token_ids, states):
     >>> logits, states = prefill(model, prompt_ids)
     >>> logits, states = decode_step(model, ops.argmax(logits, -1), states)
     """
-    x = model.embedding(tf.convert_to_tensor(token_ids, dtype="int32"))  # (batch, embedding_dim)
-    new_states = []
-    for i, (layer, layer_states) in enumerate(zip(model.rnn.rnn_layers, states, strict=True)):
-        layer_states = _as_list(layer_states)
-        if isinstance(layer, Recurrent):
-            y, s = layer.cell.step(layer.cell.project_inputs(x), layer_states)
-        else:  # keras.layers.LSTM/GRU/SimpleRNN: their cell takes one step
-            y, s = layer.cell(x, layer_states, training=False)
-        if model.rnn.residual and i > 0 and y.shape[-1] == x.shape[-1]:
-            y = y + x
-        new_states.append(_as_list(s))
-        x = y  # (batch, units)
-    return model.logits_from_hidden(x), new_states
+    return model.step(token_ids, [_as_list(layer_states) for layer_states in states])
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
