@@ -197,4 +197,6 @@ def test_export_run_directory(tmp_path):
     assert main(["export", str(run), str(tmp_path / "export")]) == 0
     card = json.loads((tmp_path / "export" / "model_card.json").read_text())
     assert card["perplexity"]["valid"]["tokens"] > 0
-    export_run  # the CLI calls keras_rnnlm.export.export_run
+    # the library call behind the CLI refuses to overwrite an export
+    with pytest.raises(FileExistsError):
+        export_run(run, tmp_path / "export")
