@@ -8,7 +8,7 @@ from keras_rnnlm.gradients import (
 )
 from keras_rnnlm.layers import Bidirectional, Recurrent, StackedRecurrent
 from keras_rnnlm.losses import MaskedLanguageModelLoss
-from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
+from keras_rnnlm.metrics import BitsPerCharacter, MaskedAccuracy, Perplexity
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.samplers import (
     BeamSampler,
@@ -21,6 +21,13 @@ from keras_rnnlm.samplers import (
     generate_text,
 )
 from keras_rnnlm.scoring import score_sentences, text_perplexity
+from keras_rnnlm.task_models import (
+    BidirectionalLanguageModel,
+    RNNEncoder,
+    SentenceClassifier,
+    SequenceTagger,
+    export_task_model,
+)
 from keras_rnnlm.tasks import MarkovSource, RecallTask
 from keras_rnnlm.training import (
     PRESETS,
@@ -38,6 +45,7 @@ __all__ = [
     "PRESETS",
     "BeamSampler",
     "Bidirectional",
+    "BidirectionalLanguageModel",
     "BitsPerCharacter",
     "EpochDecay",
     "GRUCell",
@@ -45,14 +53,18 @@ __all__ = [
     "GreedySampler",
     "LSTMCell",
     "MarkovSource",
+    "MaskedAccuracy",
     "MaskedLanguageModelLoss",
     "Perplexity",
+    "RNNEncoder",
     "RNNLanguageModel",
     "RandomSampler",
     "RecallTask",
     "Recurrent",
     "ResetStatesCallback",
     "Sampler",
+    "SentenceClassifier",
+    "SequenceTagger",
     "SimpleRNNCell",
     "StackedRecurrent",
     "StopOnDivergence",
@@ -60,6 +72,7 @@ __all__ = [
     "TopPSampler",
     "compile_language_model",
     "evaluate_perplexity",
+    "export_task_model",
     "gradient_norms_by_distance",
     "jacobian_spectrum",
     "generate",

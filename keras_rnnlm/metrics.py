@@ -64,3 +64,41 @@ class BitsPerCharacter(Perplexity):
 
     def result(self):
         return ops.cast(self.mean_nll() / math.log(2.0), "float32")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedAccuracy(keras.metrics.Metric):
+    """Fraction of real positions (target id != 0) whose argmax prediction equals the target.
+
+    Streaming over everything seen since the last reset (total correct / total real tokens),
+    for taggers whose tag 0 is padding. ``y_pred`` holds logits or probabilities
+    ``(batch, time, classes)``; ``y_true`` int ``(batch, time)``.
+
+    Example:
+
+    >>> tagger.compile(loss=MaskedLanguageModelLoss(), metrics=[MaskedAccuracy()])
+    """
+
+    def __init__(self, name="masked_accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.correct = self.add_variable(
+            shape=(), initializer="zeros", name="correct", dtype="float64"
+        )
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total", dtype="float64")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "int32")
+        mask = ops.cast(ops.not_equal(y_true, 0), "float64")
+        hit = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true), "float64")
+        if sample_weight is not None:
+            weight = ops.cast(sample_weight, "float64")
+            mask = mask * (weight[:, None] if len(weight.shape) == 1 else weight)
+        self.correct.assign_add(ops.sum(hit * mask))
+        self.total.assign_add(ops.sum(mask))
+
+    def result(self):
+        return ops.cast(ops.divide_no_nan(self.correct, self.total), "float32")
+
+    def reset_state(self):
+        self.correct.assign(0.0)
+        self.total.assign(0.0)
