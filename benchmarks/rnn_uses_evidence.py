@@ -209,19 +209,13 @@ def bilm_table(ptb, epochs, seed):
 
 
 def _markdown(rows, columns):
+    def cell(column, value):
+        if isinstance(value, float):
+            return f"{value:.4f}" if column == "accuracy" else f"{value:.1f}"
+        return str(value)
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = []
-        for c in columns:
-            v = row[c]
-            cells.append(
-                f"{v:.4f}"
-                if isinstance(v, float) and v < 1
-                else f"{v:.1f}"
-                if isinstance(v, float)
-                else str(v)
-            )
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cell(c, row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
