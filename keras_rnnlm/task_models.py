@@ -132,7 +132,6 @@ class RNNEncoder(keras.Model):
         self.bidirectional = bidirectional
         self.pooling = pooling
         self.embedding = keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")
-        self.embedding_dropout = keras.layers.Dropout(dropout)
         self.rnn = StackedRecurrent(
             cell=cell,
             units=units,
@@ -158,7 +157,7 @@ class RNNEncoder(keras.Model):
     def encode(self, token_ids, training=False):
         """``(states, sentence_vector, mask)`` for int ``token_ids`` ``(batch, time)``."""
         mask = ops.not_equal(token_ids, 0)  # (batch, time)
-        x = self.embedding_dropout(self.embedding(token_ids), training=training)
+        x = self.embedding(token_ids)  # dropout on it is StackedRecurrent's first dropout
         states, _ = self.rnn(x, mask=mask, training=training)  # (batch, time, output_dim)
         vector = pool(states, mask, self.pooling, self.bidirectional)  # (batch, output_dim)
         return states, vector, mask
@@ -435,7 +434,6 @@ class BidirectionalLanguageModel(keras.Model):
         self.dropout = dropout
         self.residual = residual
         self.embedding = keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")
-        self.embedding_dropout = keras.layers.Dropout(dropout)
         common = dict(
             cell=cell, units=units, num_layers=num_layers, dropout=dropout, residual=residual
         )
@@ -459,7 +457,7 @@ class BidirectionalLanguageModel(keras.Model):
         input order; forward at ``t`` has read ``x_1..x_t``, backward ``x_t..x_n``."""
         mask = ops.not_equal(token_ids, 0)  # (batch, time)
         lengths = sequence_lengths(token_ids)  # (batch,)
-        x = self.embedding_dropout(self.embedding(token_ids), training=training)
+        x = self.embedding(token_ids)  # dropout on it is StackedRecurrent's first dropout
         forward, _ = self.forward_rnn(x, mask=mask, training=training)  # (batch, time, units)
         reversed_x = reverse_padded(x, lengths)  # last real token first, padding at the end
         backward, _ = self.backward_rnn(reversed_x, mask=mask, training=training)
