@@ -14,10 +14,12 @@ Signatures (names are an interface; batch size is dynamic everywhere):
 * ``step``: ``token`` int32 ``(batch,)`` and the states ``h_0`` (``c_0`` for LSTMs), ``h_1``, ...
   -> ``logits`` ``(batch, vocabulary_size)`` and the new states under the same names.
 * ``initial_state``: ``batch_size`` int32 scalar -> zero states.
-* ``generate``: ``prompt_ids`` int32 ``(batch, time)`` right-padded (start with ``<bos>`` = 2),
-  ``max_new_tokens``, ``temperature`` (0 = greedy), ``top_k`` (0 = all), ``seed`` ->
-  ``generated_ids`` ``(batch, max_new_tokens)``; after ``<eos>`` a row is padded with 0.
-* ``tokenize``: ``text`` string ``(batch,)`` -> ``token_ids`` (``<bos>`` + tokens, right-padded);
+* ``generate``: ``prompt_ids`` int32 ``(batch, time)`` right-padded (start with the card's
+  ``start_id``: ``<bos>`` = 2, or ``<eos>`` = 3 for stream-trained models), ``max_new_tokens``,
+  ``temperature`` (0 = greedy), ``top_k`` (0 = all), ``seed`` -> ``generated_ids``
+  ``(batch, max_new_tokens)``; after ``<eos>`` a row is padded with 0 (stream-trained models
+  do not stop at ``<eos>``, which separates their sentences).
+* ``tokenize``: ``text`` string ``(batch,)`` -> ``token_ids`` (start id + tokens, right-padded);
   ``detokenize``: ``token_ids`` -> ``text``. String ops stay outside every XLA function.
 * ``score_tpu``, ``step_tpu``: fixed-shape copies for TPU inference, also reachable through
   ``SaveOptions(function_aliases={"tpu_func": ...})``.
@@ -83,6 +85,8 @@ class LanguageModelServer(tf.Module):
         self.level = vocabulary.level
         self.lowercase = vocabulary.lowercase
         self.pretokenized = vocabulary.pretokenized
+        self.start_id = vocabulary.start_id  # <bos>, or <eos> for stream-trained models
+        self.stop_at_eos = not vocabulary.separates_with_eos
         self.tokens_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(vocabulary.tokens), tf.range(len(vocabulary.tokens), dtype=tf.int64)
@@ -193,7 +197,8 @@ class LanguageModelServer(tf.Module):
             token = tf.where(temperature > 0, sampled, greedy)
             token = tf.where(finished, tf.zeros_like(token), token)
             output = output.write(i, token)
-            finished = finished | tf.equal(token, EOS_ID)
+            if self.stop_at_eos:
+                finished = finished | tf.equal(token, EOS_ID)
             step_logits, new_states = self.model.step(token, states)
             return i + 1, step_logits, new_states, finished, output
 
@@ -261,8 +266,8 @@ class LanguageModelServer(tf.Module):
                 text = tf.strings.regex_replace(text, r"([^\w\s])", r" \1 ")
             pieces = tf.strings.split(text)
         ids = tf.cast(self.tokens_table.lookup(pieces), tf.int32)
-        bos = tf.fill([tf.shape(text)[0], 1], BOS_ID)
-        ids = tf.concat([tf.RaggedTensor.from_tensor(bos), ids], axis=1)
+        start = tf.fill([tf.shape(text)[0], 1], self.start_id)
+        ids = tf.concat([tf.RaggedTensor.from_tensor(start), ids], axis=1)
         return {"token_ids": ids.to_tensor(default_value=PAD_ID)}
 
     def _detokenize(self, token_ids):
@@ -344,6 +349,7 @@ def export_saved_model(
         "vocabulary_size": model.vocabulary_size,
         "level": vocabulary.level,
         "state_names": server.state_names,
+        "start_id": server.start_id,
         "signatures": sorted(signatures),
         "max_new_tokens": MAX_NEW_TOKENS,
         "keras_rnnlm_version": __version__,

@@ -14,7 +14,7 @@ import keras
 
 from keras_rnnlm.data.corpora import Corpus, load_corpus, text_files_corpus
 from keras_rnnlm.data.pipelines import encode_corpus, sentence_dataset, stream_dataset, token_stream
-from keras_rnnlm.data.vocabulary import Vocabulary
+from keras_rnnlm.data.vocabulary import BOS, EOS, Vocabulary
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.training import (
     PRESETS,
@@ -121,6 +121,7 @@ def build_vocabulary(corpus: Corpus, config: TrainConfig) -> Vocabulary:
         min_count=min_count,
         lowercase=corpus.lowercase,
         pretokenized=corpus.pretokenized,
+        sentence_start=EOS if config.mode == "stream" else BOS,
     )
 
 
@@ -273,7 +274,8 @@ def evaluate_text_file(directory, text_file, batch_size: int = 32) -> dict:
     sentences = encode_corpus(vocabulary, text_files_corpus(text_file).train)
     if not sentences:
         raise ValueError(f"{text_file} holds no text.")
-    result = evaluate_perplexity(model, sentence_dataset(sentences, batch_size, shuffle=False))
+    dataset = sentence_dataset(sentences, batch_size, shuffle=False, start_id=vocabulary.start_id)
+    result = evaluate_perplexity(model, dataset)
     result["file"] = str(text_file)
     out = Path(directory) / f"evaluate_{Path(text_file).stem}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -560,7 +560,9 @@ def generate_text(
 ) -> list[list[str]]:
     """Continue text prompts; for each prompt, ``num_samples`` continuations (text only).
 
-    A prompt is encoded as ``[BOS_ID] + vocabulary.encode(prompt)``, like a training sentence.
+    A prompt is encoded as ``[vocabulary.start_id] + vocabulary.encode(prompt)``, like a
+    training sentence (``<bos>``, or ``<eos>`` for stream-trained models, which also do not stop
+    at ``<eos>``: for them it separates sentences and decodes as a line break).
     With a ``BeamSampler`` the ``num_samples`` best beams are returned (``num_samples`` must
     not exceed ``num_beams``); other samplers draw ``num_samples`` rows per prompt in one batch.
 
@@ -573,16 +575,17 @@ def generate_text(
     >>> generate_text(model, vocab, ["the students opened their"], "top_k", num_samples=2)
     """
     sampler = get_sampler(sampler)
-    encoded = [[BOS_ID, *vocabulary.encode(p)] for p in prompts]
+    encoded = [[vocabulary.start_id, *vocabulary.encode(p)] for p in prompts]
+    end_token_id = None if vocabulary.separates_with_eos else EOS_ID
     if isinstance(sampler, BeamSampler):
         if num_samples > sampler.num_beams:
             raise ValueError(
                 f"num_samples ({num_samples}) must not exceed the beam width ({sampler.num_beams})."
             )
         beams = BeamSampler.from_config({**sampler.get_config(), "return_all_beams": True})
-        sequences, _ = generate(model, encoded, beams, max_length, jit_compile=jit_compile)
+        sequences, _ = generate(model, encoded, beams, max_length, end_token_id, jit_compile)
         return [[vocabulary.decode(s) for s in row[:num_samples]] for row in sequences]
     repeated = [ids for ids in encoded for _ in range(num_samples)]
-    tokens = generate(model, repeated, sampler, max_length, jit_compile=jit_compile)
+    tokens = generate(model, repeated, sampler, max_length, end_token_id, jit_compile)
     texts = [vocabulary.decode(row) for row in tokens]
     return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]

@@ -71,7 +71,7 @@ def _batches(sequences, batch_size):
 
 
 def score_ids(
-    model, sentences: Sequence[Sequence[int]], batch_size: int = 32
+    model, sentences: Sequence[Sequence[int]], batch_size: int = 32, start_id: int = BOS_ID
 ) -> list[SentenceScore]:
     """Score id sentences (without boundary tokens) in right-padded batches.
 
@@ -79,6 +79,8 @@ def score_ids(
         model: an ``RNNLanguageModel`` (stateless).
         sentences: id lists, e.g. ``vocabulary.encode(text)``; ``<bos>``/``<eos>`` are added.
         batch_size: sentences per forward pass.
+        start_id: the id the context starts from (``vocabulary.start_id``: ``<bos>``, or
+            ``<eos>`` for stream-trained models).
 
     Returns:
         One ``SentenceScore`` per sentence (``tokens`` holds the predicted ids), in order.
@@ -87,7 +89,7 @@ def score_ids(
 
     >>> [s.log_prob for s in score_ids(model, [[7, 9], [5]])]
     """
-    sequences = [[BOS_ID, *map(int, ids), EOS_ID] for ids in sentences]
+    sequences = [[start_id, *map(int, ids), EOS_ID] for ids in sentences]
     compute = tf.function(
         lambda inputs, targets: token_log_probs(model, inputs, targets), reduce_retracing=True
     )
@@ -133,7 +135,9 @@ def score_sentences(
     >>> score = score_sentences(model, vocab, ["the students opened their books"])[0]
     >>> score.log_prob, score.perplexity
     """
-    scores = score_ids(model, [vocabulary.encode(s) for s in sentences], batch_size)
+    scores = score_ids(
+        model, [vocabulary.encode(s) for s in sentences], batch_size, vocabulary.start_id
+    )
     for score, text in zip(scores, sentences, strict=True):
         score.text = text
         score.tokens = [vocabulary.tokens[i] for i in score.tokens]
@@ -157,7 +161,7 @@ def text_perplexity(model, vocabulary, sentences: Sequence[str], batch_size: int
     encoded = [ids for ids in (vocabulary.encode(s) for s in sentences) if ids]
     if not encoded:
         raise ValueError("The text holds no token.")
-    scores = score_ids(model, encoded, batch_size)
+    scores = score_ids(model, encoded, batch_size, vocabulary.start_id)
     total = sum(s.log_prob for s in scores)
     tokens = sum(s.num_tokens for s in scores)
     nll = -total / tokens

@@ -95,3 +95,15 @@ def test_vocabulary_ids_and_round_trip(tmp_path):
     chars = Vocabulary.build(["ab\n c"], level="char")
     chars.save(tmp_path / "c.json")
     assert Vocabulary.load(tmp_path / "c.json").decode(chars.encode("a \nc")) == "a \nc"
+
+
+def test_stream_vocabulary_starts_sentences_with_eos(tmp_path):
+    vocab = Vocabulary.build(["a b", "b c"], sentence_start="<eos>")
+    assert vocab.start_id == EOS_ID and vocab.separates_with_eos
+    vocab.save(tmp_path / "v.json")
+    assert Vocabulary.load(tmp_path / "v.json").start_id == EOS_ID
+    assert vocab.decode([vocab.token_to_id("a"), EOS_ID, vocab.token_to_id("b")]) == "a\nb"
+    windows = sentence_windows([[5, 6]], start_id=vocab.start_id)
+    assert windows[0].tolist() == [EOS_ID, 5, 6, EOS_ID]
+    with pytest.raises(ValueError, match="sentence_start"):
+        Vocabulary(["a"], sentence_start="<s>")

@@ -49,7 +49,7 @@ CONSUMER = textwrap.dedent(
                 out = step(token=tokens[i : i + 1], **state)
                 log_probs = tf.nn.log_softmax(out["logits"][0])
                 total -= tf.cast(log_probs[tokens[i + 1]], tf.float64)
-                state = {n: out[n] for n in names}
+                state = {n: tf.ensure_shape(out[n], state[n].shape) for n in names}
             return total
 
         nll, count = float(total_nll(tf.constant(stream))), len(stream) - 1

@@ -30,9 +30,12 @@ def encode_corpus(vocabulary, sentences: Sequence[str]) -> list[list[int]]:
 
 
 def sentence_windows(
-    sentences: Sequence[Sequence[int]], max_length: int | None = None
+    sentences: Sequence[Sequence[int]], max_length: int | None = None, start_id: int = BOS_ID
 ) -> list[np.ndarray]:
     """``<bos> ids <eos>`` per sentence, split into windows of at most ``max_length + 1`` ids.
+
+    ``start_id`` replaces ``<bos>`` (``<eos>`` for a stream-trained model, see
+    ``Vocabulary.sentence_start``).
 
     A window of ``n`` ids gives ``n - 1`` predictions; consecutive windows share one id so
     that no target is lost or repeated. Windows with fewer than 2 ids predict nothing and are
@@ -42,7 +45,7 @@ def sentence_windows(
         raise ValueError(f"max_length must be >= 1, got {max_length}.")
     windows = []
     for ids in sentences:
-        seq = np.asarray([BOS_ID, *ids, EOS_ID], dtype=np.int32)
+        seq = np.asarray([start_id, *ids, EOS_ID], dtype=np.int32)
         if max_length is None or len(seq) <= max_length + 1:
             windows.append(seq)
             continue
@@ -75,6 +78,7 @@ def sentence_dataset(
     seed: int | None = None,
     bucket_boundaries: Sequence[int] | None = None,
     drop_remainder: bool = False,
+    start_id: int = BOS_ID,
 ) -> tf.data.Dataset:
     """Batches of ``(inputs, targets)``, int32 ``(batch, time)``, right-padded with 0.
 
@@ -88,10 +92,11 @@ def sentence_dataset(
             example; batches are padded to their bucket's boundary minus one. Default:
             ``default_bucket_boundaries`` of the data.
         drop_remainder: drop incomplete batches (needed for fixed shapes, e.g. TPU).
+        start_id: first id of every sentence (``vocabulary.start_id``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    windows = sentence_windows(sentences, max_length)
+    windows = sentence_windows(sentences, max_length, start_id)
     if not windows:
         raise ValueError("No sentence has anything to predict: the corpus is empty.")
     lengths = np.array([len(w) - 1 for w in windows], dtype=np.int64)  # predictions per example

@@ -43,6 +43,11 @@ class Vocabulary:
         level: ``"word"`` or ``"char"``.
         lowercase: lower-case words before lookup (word level only).
         pretokenized: split words on whitespace only (corpora like PTB that are tokenised).
+        sentence_start: the token a sentence's context starts from: ``"<bos>"`` for models
+            trained on sentence batches (``<bos> w1 .. wn <eos>``), ``"<eos>"`` for models
+            trained on a token stream (where every sentence follows the previous ``<eos>``).
+            Prompts and scored sentences start with it; with ``"<eos>"``, ``<eos>`` is a
+            sentence separator and decodes as a line break.
 
     Example:
 
@@ -57,9 +62,13 @@ class Vocabulary:
         level: str = "word",
         lowercase: bool = False,
         pretokenized: bool = False,
+        sentence_start: str = BOS,
     ):
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}.")
+        if sentence_start not in (BOS, EOS):
+            raise ValueError(f"sentence_start must be {BOS!r} or {EOS!r}, got {sentence_start!r}.")
+        self.sentence_start = sentence_start
         tokens = [t for t in tokens if t not in SPECIAL_TOKENS]
         if len(set(tokens)) != len(tokens):
             raise ValueError("Vocabulary tokens must be unique.")
@@ -78,6 +87,7 @@ class Vocabulary:
         min_count: int = 1,
         lowercase: bool = False,
         pretokenized: bool = False,
+        sentence_start: str = BOS,
     ) -> "Vocabulary":
         """Count tokens in ``sentences``; keep the ``max_size`` most frequent with ``min_count``."""
         counts = collections.Counter()
@@ -90,7 +100,7 @@ class Vocabulary:
         ]
         if max_size is not None:
             kept = kept[: max(0, max_size - len(SPECIAL_TOKENS))]
-        return cls(kept, level=level, lowercase=lowercase, pretokenized=pretokenized)
+        return cls(kept, level, lowercase, pretokenized, sentence_start)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -99,6 +109,16 @@ class Vocabulary:
     def size(self) -> int:
         """The ``vocabulary_size`` a model needs (special tokens included)."""
         return len(self.tokens)
+
+    @property
+    def start_id(self) -> int:
+        """Id that starts a prompt or a scored sentence (see ``sentence_start``)."""
+        return self._ids[self.sentence_start]
+
+    @property
+    def separates_with_eos(self) -> bool:
+        """True for stream-trained models: ``<eos>`` separates sentences, it ends nothing."""
+        return self.sentence_start == EOS
 
     def token_to_id(self, token: str) -> int:
         return self._ids.get(token, UNK_ID)
@@ -116,10 +136,14 @@ class Vocabulary:
         tokens = []
         for i in ids:
             i = int(i)
+            if skip_special and i == EOS_ID and self.separates_with_eos:
+                tokens.append("\n")
+                continue
             if skip_special and i in (PAD_ID, BOS_ID, EOS_ID):
                 continue
             tokens.append(self.tokens[i] if 0 <= i < len(self.tokens) else UNK)
-        return ("" if self.level == "char" else " ").join(tokens)
+        text = ("" if self.level == "char" else " ").join(tokens)
+        return text.replace(" \n ", "\n") if self.level == "word" else text
 
     def unigram_perplexity(
         self, sentences: Iterable[Sequence[int]], eval_sentences: Iterable[Sequence[int]]
@@ -152,6 +176,7 @@ class Vocabulary:
             "level": self.level,
             "lowercase": self.lowercase,
             "pretokenized": self.pretokenized,
+            "sentence_start": self.sentence_start,
             "tokens": self.tokens[len(SPECIAL_TOKENS) :],
         }
 
