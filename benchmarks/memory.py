@@ -55,16 +55,22 @@ def _sentences(config):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps-per-epoch", type=int, default=400)
     args = parser.parse_args()
-    config = TrainConfig.from_preset("small", epochs=args.epochs, steps_per_epoch=args.steps_per_epoch)
+    config = TrainConfig.from_preset(
+        "small", epochs=args.epochs, steps_per_epoch=args.steps_per_epoch
+    )
     sentences, vocabulary_size, source = _sentences(config)
     model = build_model(config, vocabulary_size)
     compile_language_model(model, "sgd", config.learning_rate, config.clip_norm)
     record = RecordMemory()
-    print(f"training the small preset on {source}: {args.epochs} epochs x {args.steps_per_epoch} steps")
+    print(
+        f"training the small preset on {source}: {args.epochs} epochs x {args.steps_per_epoch} steps"
+    )
     model.fit(
         make_dataset(sentences, config, training=True),
         epochs=args.epochs,
