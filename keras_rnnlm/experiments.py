@@ -57,14 +57,18 @@ def _set_forget_bias(cell, value: float) -> None:
 
 @contextlib.contextmanager
 def floatx(dtype: str | None):
-    """Temporarily set ``keras.config.floatx()`` (None: leave it); restored on exit."""
-    previous = keras.config.floatx()
+    """Temporarily set ``keras.config.floatx()`` and the global dtype policy (None: leave
+    them); both are restored on exit. Layers take their dtype from the policy, which another
+    piece of code may have pinned, so setting floatx alone is not enough."""
+    previous, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
     if dtype is not None:
         keras.config.set_floatx(dtype)
+        keras.config.set_dtype_policy(dtype)
     try:
         yield
     finally:
         keras.config.set_floatx(previous)
+        keras.config.set_dtype_policy(previous_policy)
 
 
 def _single_layer_lm(
