@@ -26,7 +26,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_rnnlm import RNNLanguageModel, compile_language_model  # noqa: E402
+from keras_rnnlm import compile_language_model  # noqa: E402
+from keras_rnnlm.runs import TrainConfig, build_model  # noqa: E402
 from keras_rnnlm.training import PRESETS  # noqa: E402
 
 VOCAB = 10000  # PTB vocabulary
@@ -65,16 +66,8 @@ def random_stream(num_batches, vocab=VOCAB, seed=0):
 
 class KerasRunner:
     def __init__(self, builtin, vocab=VOCAB, steps=40):
-        model = RNNLanguageModel(
-            vocab,
-            num_layers=P.num_layers,
-            units=P.units,
-            embedding_dim=P.units,
-            init_scale=P.init_scale,
-            stateful=True,
-            use_builtin_layers=builtin,
-        )
-        model.build((P.batch_size, None))
+        config = TrainConfig.from_preset("small", use_builtin_layers=builtin)
+        model = build_model(config, vocab)  # exactly what `keras-rnnlm train --preset small` builds
         compile_language_model(
             model, "sgd", P.keras_learning_rate, P.keras_clip_norm, jit_compile=True
         )

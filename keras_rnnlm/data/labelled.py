@@ -50,8 +50,15 @@ CONLL2003_NER_TAGS = (
 IMDB_LABELS = ("neg", "pos")
 
 
+class _Splits:
+    """``split(name)`` for task dataclasses with ``train``/``valid``/``test`` fields."""
+
+    def split(self, name: str) -> tuple:
+        return {"train": self.train, "valid": self.valid, "test": self.test}[name]
+
+
 @dataclasses.dataclass
-class TaggingTask:
+class TaggingTask(_Splits):
     """Token id lists and tag id lists (tag 0 = padding), with their vocabularies."""
 
     name: str
@@ -65,12 +72,9 @@ class TaggingTask:
     def num_tags(self) -> int:
         return len(self.tag_names)
 
-    def split(self, name: str) -> tuple:
-        return {"train": self.train, "valid": self.valid, "test": self.test}[name]
-
 
 @dataclasses.dataclass
-class ClassificationTask:
+class ClassificationTask(_Splits):
     """Token id lists and integer labels ``0..num_classes-1``."""
 
     name: str
@@ -83,9 +87,6 @@ class ClassificationTask:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    def split(self, name: str) -> tuple:
-        return {"train": self.train, "valid": self.valid, "test": self.test}[name]
 
     def majority_baseline(self, split: str = "test") -> float:
         """Accuracy of always predicting the train set's most frequent class on ``split``."""
