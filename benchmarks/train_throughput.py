@@ -12,7 +12,7 @@ process and only medians and ratios are reported. Also reported: achieved GFLOP/
 FLOPs of forward + backward) as a fraction of a measured fp32 matmul peak, and a breakdown of
 where the time goes (full step vs a tiny-vocabulary step = recurrence only vs input pipeline).
 
-    python benchmarks/train_throughput.py [--rounds 5] [--steps 40]
+    python benchmarks/train_throughput.py [--rounds 5] [--steps 100]
 """
 
 import argparse
@@ -145,7 +145,7 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=40, help="training steps per round and model")
+    parser.add_argument("--steps", type=int, default=100, help="training steps per round and model (short rounds measure fit() overhead)")
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
