@@ -145,7 +145,12 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=100, help="training steps per round and model (short rounds measure fit() overhead)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="training steps per round and model (short rounds measure fit() overhead)",
+    )
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
