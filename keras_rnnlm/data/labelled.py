@@ -245,16 +245,24 @@ def swapped_words_task(
             swapped = swap_two_words(words, rng, adjacent) if label else None
             examples.append((swapped, 1) if swapped is not None else (words, 0))
         splits[split] = examples
+    return _classification_task(
+        "swapped_words", splits, ("original", "swapped"), max_vocabulary, pretokenized=True
+    )
+
+
+def _classification_task(name, splits, class_names, max_vocabulary, **vocabulary_kwargs):
+    """A ``ClassificationTask`` from ``{split: [(words, label), ...]}``; the vocabulary holds
+    the ``max_vocabulary`` most frequent training words."""
     vocabulary = Vocabulary(
         _most_frequent((w for words, _ in splits["train"] for w in words), max_vocabulary),
         level="word",
-        pretokenized=True,
+        **vocabulary_kwargs,
     )
     out = {}
     for split, examples in splits.items():
         inputs = [[vocabulary.token_to_id(w) for w in words] for words, _ in examples]
         out[split] = (inputs, np.array([label for _, label in examples], dtype=np.int32))
-    return ClassificationTask("swapped_words", vocabulary, ("original", "swapped"), **out)
+    return ClassificationTask(name, vocabulary, class_names, **out)
 
 
 def _most_frequent(tokens, max_size):
@@ -436,13 +444,6 @@ def load_imdb_reviews(
         return _truncate(tokenize(text.replace("<br />", " "), "word", lowercase=True), max_length)
 
     tokenized = {split: [(words(t), y) for t, y in examples] for split, examples in splits.items()}
-    vocabulary = Vocabulary(
-        _most_frequent((w for ws, _ in tokenized["train"] for w in ws), max_vocabulary),
-        level="word",
-        lowercase=True,
+    return _classification_task(
+        "imdb_reviews", tokenized, IMDB_LABELS, max_vocabulary, lowercase=True
     )
-    out = {}
-    for split, examples in tokenized.items():
-        inputs = [[vocabulary.token_to_id(w) for w in ws] for ws, _ in examples]
-        out[split] = (inputs, np.array([y for _, y in examples], dtype=np.int32))
-    return ClassificationTask("imdb_reviews", vocabulary, IMDB_LABELS, **out)
