@@ -439,13 +439,7 @@ def clipping_experiment(
     for lr in learning_rates:
         for mode in modes:
             keras.utils.set_random_seed(seed)
-            model = RNNLanguageModel(
-                source.vocabulary_size,
-                cell="simple_rnn",
-                num_layers=1,
-                units=units,
-                embedding_dim=embedding_dim,
-            )
+            model = RNNLanguageModel.from_config(base.get_config())
             model(inputs[0])
             model.set_weights(initial_weights)
             compile_language_model(

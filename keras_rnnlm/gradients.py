@@ -27,11 +27,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_rnnlm.layers import _as_list
+
 _PACKAGE = "keras_rnnlm"
-
-
-def _as_list(states):
-    return list(states) if isinstance(states, (list, tuple)) else [states]
 
 
 def _recurrent_cells(model):

@@ -26,16 +26,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rnnlm.data.vocabulary import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from keras_rnnlm.layers import _as_list
 
 _PACKAGE = "keras_rnnlm"
 _NEG = -1e9  # "minus infinity" that keeps arithmetic finite (no inf - inf)
 
 #: Ids a sampler never emits unless told otherwise: padding, <unk> and <bos>.
 DEFAULT_SUPPRESSED_IDS = (PAD_ID, UNK_ID, BOS_ID)
-
-
-def _as_list(states):
-    return list(states) if isinstance(states, (list, tuple)) else [states]
 
 
 def _check_model(model):
