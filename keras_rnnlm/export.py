@@ -47,16 +47,7 @@ def serving_copy(model: RNNLanguageModel) -> RNNLanguageModel:
     """A stateless copy on the from-scratch layers (no cuDNN), with the same weights."""
     if not model.built:
         raise ValueError("The model is not built: call it on data or train it before exporting.")
-    config = {**model.get_config(), "stateful": False, "use_builtin_layers": False, "dropout": 0.0}
-    copy = RNNLanguageModel.from_config(config)
-    copy.build((None, None))
-    source = {v.path: v for v in model.weights if "state_" not in v.path.rsplit("/", 1)[-1]}
-    for variable in copy.weights:
-        path = variable.path
-        if path not in source:  # built-in layers name their cell differently
-            raise ValueError(f"Cannot map weight {path} from the trained model.")
-        variable.assign(source[path])
-    return copy
+    return model.clone_with(stateful=False, use_builtin_layers=False, dropout=0.0)
 
 
 def _state_names(model):

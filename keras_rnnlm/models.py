@@ -192,6 +192,22 @@ class RNNLanguageModel(keras.Model):
     def compute_mask(self, inputs, mask=None):
         return None
 
+    def clone_with(self, **config_changes) -> "RNNLanguageModel":
+        """A new model with ``config_changes`` applied (e.g. ``stateful=False``,
+        ``use_builtin_layers=False``) and this model's trained weights, matched by path.
+
+        Weights the copy does not have (a stateful model's carried states) are left behind;
+        a weight of the copy that this model lacks is an error.
+        """
+        copy = RNNLanguageModel.from_config({**self.get_config(), **config_changes})
+        copy.build((None, None))
+        trained = {v.path: v for v in self.weights}
+        for variable in copy.weights:
+            if variable.path not in trained:
+                raise ValueError(f"Cannot map weight {variable.path} from the trained model.")
+            variable.assign(trained[variable.path])
+        return copy
+
     def reset_states(self):
         """Zero the carried states of a stateful model (start of an epoch or of evaluation)."""
         self.rnn.reset_state()

@@ -258,14 +258,7 @@ def load_run(directory) -> tuple[RNNLanguageModel, Vocabulary]:
 
 def stateless_copy(model: RNNLanguageModel) -> RNNLanguageModel:
     """The same weights in a model that does not carry state across calls (any batch size)."""
-    if not model.stateful:
-        return model
-    copy = RNNLanguageModel.from_config({**model.get_config(), "stateful": False})
-    copy.build((None, None))
-    trained = {v.path: v for v in model.weights}
-    for variable in copy.weights:
-        variable.assign(trained[variable.path])
-    return copy
+    return model.clone_with(stateful=False) if model.stateful else model
 
 
 def evaluate_text_file(directory, text_file, batch_size: int = 32) -> dict:
