@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_rnnlm.distribute import cross_replica_sum
+
 _PACKAGE = "keras_rnnlm"
 
 
@@ -26,6 +28,11 @@ class MaskedLanguageModelLoss(keras.losses.Loss):
     lecture's loss ``J = (1/T) sum_t J^(t)``, with ``T`` the number of real tokens in the
     batch. ``sample_weight`` (optional, ``(batch,)`` or ``(batch, time)``) multiplies the mask.
 
+    Under a multi-replica ``tf.distribute`` strategy ``T`` is the number of real tokens of the
+    *global* batch (summed across replicas), so the summed replica gradients are exactly the
+    gradient of the global-batch mean, however the padding falls across replicas. (Keras's
+    built-in losses divide by each replica's own count, then by the number of replicas.)
+
     Example:
 
     >>> model.compile(optimizer="sgd", loss=MaskedLanguageModelLoss())
@@ -46,4 +53,5 @@ class MaskedLanguageModelLoss(keras.losses.Loss):
                 weight = weight[:, None]
             mask = mask * weight
             nll = nll * weight
-        return ops.divide_no_nan(ops.sum(nll), ops.sum(mask))
+        # (a replica's share of) the global mean: the count is summed over the replicas
+        return ops.divide_no_nan(ops.sum(nll), cross_replica_sum(ops.sum(mask)))

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_rnnlm.distribute import SGD, Adam
 from keras_rnnlm.losses import MaskedLanguageModelLoss, token_nll
 from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
 
@@ -28,9 +29,10 @@ def make_optimizer(
     ``clip_norm``, every gradient is scaled by ``clip_norm / ||g||``; the update keeps its
     direction. ``clipping="per_variable"`` (Keras ``clipnorm``) clips each variable's
     gradient on its own, which changes the direction of the update and lets the total norm
-    reach ``clip_norm * sqrt(number of variables)``. Under ``tf.distribute`` strategies
-    Keras clips each replica's gradients before the cross-replica sum, so the effective limit
-    can grow with the number of replicas.
+    reach ``clip_norm * sqrt(number of variables)``. Keras's own optimizers, under
+    ``tf.distribute`` strategies, clip each replica's gradients before the cross-replica sum,
+    so the effective limit grows with the number of replicas; the optimizers returned here
+    (``keras_rnnlm.distribute.SGD``/``Adam``) clip the summed gradient instead, exactly.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
@@ -43,7 +45,7 @@ def make_optimizer(
         if clip_norm <= 0:
             raise ValueError(f"clip_norm must be > 0, got {clip_norm}.")
         kwargs["global_clipnorm" if clipping == "global" else "clipnorm"] = clip_norm
-    cls = keras.optimizers.SGD if optimizer == "sgd" else keras.optimizers.Adam
+    cls = SGD if optimizer == "sgd" else Adam
     return cls(learning_rate=learning_rate, **kwargs)
 
 

@@ -1,0 +1,90 @@
+"""Exact global-norm clipping across replicas (MirroredStrategy on 2 logical CPU devices)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_rnnlm.distribute import SGD, cross_replica_sum, get_strategy
+from keras_rnnlm.training import make_optimizer
+
+SCRIPT = Path(__file__).with_name("distribute_parity_script.py")
+
+
+def _parity(optimizer_kind):
+    # logical devices must be configured before TensorFlow starts: a fresh process
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), optimizer_kind, "nojit"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, out.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+@pytest.mark.slow
+def test_mirrored_update_equals_single_device_update():
+    result = _parity("ours")
+    assert result["replicas"] == 2
+    # the step is clipped (limit 0.05, SGD lr 1: the update norm is the clip norm)...
+    assert result["single_update_norm"] == pytest.approx(0.05, rel=1e-3)
+    # ...and 2 replicas with unequal padding apply the same update as one device
+    assert result["max_abs_difference"] < 1e-6
+    assert result["mirrored_loss"] == pytest.approx(result["single_loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_keras_optimizer_clips_per_replica_and_exceeds_the_limit():
+    """The bug the optimizers of keras_rnnlm.distribute fix: stock Keras clips each replica's
+    share, so the summed update is longer than the limit."""
+    result = _parity("keras")
+    assert result["mirrored_update_norm"] > 1.3 * result["single_update_norm"]
+    assert result["max_abs_difference"] > 1e-3
+
+
+def test_clipping_unchanged_on_one_device():
+    grads = [tf.constant([3.0, 4.0]), tf.constant([12.0])]  # global norm 13
+    variables = [keras.Variable([0.0, 0.0]), keras.Variable([0.0])]
+    optimizer = make_optimizer("sgd", 1.0, clip_norm=1.3, clipping="global")
+    assert isinstance(optimizer, SGD)
+    optimizer.apply(grads, variables)
+    np.testing.assert_allclose(variables[0].numpy(), [-0.3, -0.4], atol=1e-6)
+    np.testing.assert_allclose(variables[1].numpy(), [-1.2], atol=1e-6)
+
+
+def test_per_variable_clipping_still_per_variable():
+    grads = [tf.constant([3.0, 4.0]), tf.constant([12.0])]
+    variables = [keras.Variable([0.0, 0.0]), keras.Variable([0.0])]
+    make_optimizer("sgd", 1.0, clip_norm=1.0, clipping="per_variable").apply(grads, variables)
+    np.testing.assert_allclose(variables[0].numpy(), [-0.6, -0.8], atol=1e-6)
+    np.testing.assert_allclose(variables[1].numpy(), [-1.0], atol=1e-6)
+
+
+def test_optimizer_round_trips_through_config():
+    optimizer = make_optimizer("adam", 0.01, clip_norm=2.0)
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert type(restored) is type(optimizer)
+    assert restored.global_clipnorm == 2.0
+
+
+def test_cross_replica_sum_is_identity_on_one_device():
+    assert float(cross_replica_sum(tf.constant(3.0))) == 3.0
+
+
+def test_unknown_strategy_and_multi_worker_without_tf_config(monkeypatch):
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        get_strategy("nccl")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        get_strategy("multi_worker")
+    assert get_strategy("default").num_replicas_in_sync == 1
