@@ -73,8 +73,22 @@ def _add_train_parser(subparsers):
         default=None,
         help="run the train step without XLA",
     )
+    p.add_argument(
+        "--strategy",
+        choices=["default", "mirrored", "multi_worker", "tpu"],
+        help="tf.distribute strategy (exact global clipping across replicas; "
+        "multi_worker reads TF_CONFIG, tpu reads TPU_NAME)",
+    )
+    p.add_argument(
+        "--encoding-errors",
+        choices=["strict", "replace"],
+        help="text files with bytes that are not UTF-8: fail (strict) or read them as U+FFFD",
+    )
     p.add_argument("--seed", type=int)
-    p.add_argument("--output", help=f"run directory (default {d.output})")
+    p.add_argument(
+        "--output",
+        help=f"run directory (default {d.output}); rerunning an interrupted run resumes it",
+    )
     p.add_argument("--overwrite", action="store_true", default=None)
     p.add_argument("--verbose", type=int, choices=[0, 1, 2])
     p.set_defaults(func=_train)
@@ -130,7 +144,9 @@ def _add_generate_parser(subparsers):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run_dir")
-    p.add_argument("--prompt", default="", help="text to continue (<bos> is prepended)")
+    p.add_argument(
+        "--prompt", help="text to continue (<bos> is prepended); omit it to start a sentence"
+    )
     p.add_argument(
         "--strategy", choices=["greedy", "sample", "top_k", "top_p", "beam"], default="top_p"
     )
@@ -156,6 +172,11 @@ def _generate(args):
 
     if args.num_samples < 1 or args.max_length < 1:
         raise ValueError("--num-samples and --max-length must be >= 1.")
+    if args.prompt is not None and not args.prompt.strip():
+        raise ValueError(
+            "--prompt is empty; give some text, or omit --prompt to generate from the start "
+            "of a sentence."
+        )
     common = {"seed": args.seed}
     if args.allow_unk:
         common["suppressed_token_ids"] = (PAD_ID, BOS_ID)
@@ -168,16 +189,19 @@ def _generate(args):
     }[args.strategy]
     sampler = get_sampler(args.strategy, **common, **options)
     model, vocabulary = load_run(args.run_dir)
+    prompt = args.prompt or ""
+    if prompt and not vocabulary.encode(prompt):
+        raise ValueError(f"--prompt {prompt!r} holds no token of the model's vocabulary.")
     (samples,) = generate_text(
         model,
         vocabulary,
-        [args.prompt],
+        [prompt],
         sampler,
         max_length=args.max_length,
         num_samples=args.num_samples,
         jit_compile=args.jit_compile,
     )
-    prefix = vocabulary.decode(vocabulary.encode(args.prompt))
+    prefix = vocabulary.decode(vocabulary.encode(prompt))
     for sample in samples:
         print(f"{prefix} {sample}".strip() if vocabulary.level == "word" else prefix + sample)
     return 0
@@ -249,12 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the CLI. Exit codes: 0 done, 2 bad input or settings (message names it),
+    3 training diverged (NaN or exploding loss; the last good checkpoint is kept)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
         print(f"keras-rnnlm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        if type(error).__name__ != "TrainingDivergedError":
+            raise
+        print(f"keras-rnnlm {args.command}: error: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

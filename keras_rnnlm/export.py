@@ -92,7 +92,8 @@ class LanguageModelServer(tf.Module):
 
         self.score = tf.function(
             self._checked_score,
-            input_signature=[tf.TensorSpec((None, None), tf.int32, name="token_ids")],
+            # any rank accepted here and checked at run time: a clear error for a wrong rank
+            input_signature=[tf.TensorSpec(None, tf.int32, name="token_ids")],
         )
         state_specs = [
             tf.TensorSpec((None, s), tf.float32, name=name)
@@ -100,7 +101,7 @@ class LanguageModelServer(tf.Module):
         ]
         self.step = tf.function(
             self._checked_step,
-            input_signature=[tf.TensorSpec((None,), tf.int32, name="token"), *state_specs],
+            input_signature=[tf.TensorSpec(None, tf.int32, name="token"), *state_specs],
         )
         self.initial_state = tf.function(
             self._initial_state, input_signature=[tf.TensorSpec((), tf.int32, name="batch_size")]
@@ -108,7 +109,7 @@ class LanguageModelServer(tf.Module):
         self.generate = tf.function(
             self._checked_generate,
             input_signature=[
-                tf.TensorSpec((None, None), tf.int32, name="prompt_ids"),
+                tf.TensorSpec(None, tf.int32, name="prompt_ids"),
                 tf.TensorSpec((), tf.int32, name="max_new_tokens"),
                 tf.TensorSpec((), tf.float32, name="temperature"),
                 tf.TensorSpec((), tf.int32, name="top_k"),
@@ -203,7 +204,9 @@ class LanguageModelServer(tf.Module):
         return generated[:, :steps]
 
     # --- signature wrappers (validation outside XLA) -----------------------------------------
-    def _check_ids(self, ids, name):
+    def _check_ids(self, ids, name, rank=2):
+        shape = "(batch, time)" if rank == 2 else "(batch,)"
+        tf.debugging.assert_rank(ids, rank, message=f"{name} must have rank {rank} {shape}")
         return [
             tf.debugging.assert_greater_equal(ids, 0, message=f"{name}: ids must be >= 0"),
             tf.debugging.assert_less(
@@ -215,11 +218,11 @@ class LanguageModelServer(tf.Module):
 
     def _checked_score(self, token_ids):
         with tf.control_dependencies(self._check_ids(token_ids, "token_ids")):
-            return self._score_xla(tf.identity(token_ids))
+            return self._score_xla(tf.ensure_shape(token_ids, (None, None)))
 
     def _checked_step(self, token, *states):
-        with tf.control_dependencies(self._check_ids(token, "token")):
-            return self._step_xla(tf.identity(token), *states)
+        with tf.control_dependencies(self._check_ids(token, "token", rank=1)):
+            return self._step_xla(tf.ensure_shape(token, (None,)), *states)
 
     def _initial_state(self, batch_size):
         return {
@@ -241,7 +244,7 @@ class LanguageModelServer(tf.Module):
         ]
         with tf.control_dependencies(checks):
             ids = self._generate_xla(
-                tf.identity(prompt_ids), max_new_tokens, temperature, top_k, seed
+                tf.ensure_shape(prompt_ids, (None, None)), max_new_tokens, temperature, top_k, seed
             )
         return {"generated_ids": ids}
 

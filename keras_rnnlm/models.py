@@ -1,6 +1,8 @@
 """Models built from ``keras_rnnlm.layers``: the RNN language model."""
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from keras_rnnlm.cells import CELLS
@@ -153,6 +155,7 @@ class RNNLanguageModel(keras.Model):
         Padded positions (id 0) leave the states unchanged, so the final states of a
         right-padded batch are each row's states after its last real token.
         """
+        check_token_ids(token_ids, self.vocabulary_size, rank=2)
         if not self.built:
             self.build(tuple(token_ids.shape))
         mask = ops.not_equal(token_ids, 0)  # (batch, time)
@@ -167,6 +170,7 @@ class RNNLanguageModel(keras.Model):
         Runs each cell's single step directly (no time loop), so it is O(1) per token and nests
         inside an XLA-compiled decoding loop. Padding ids (0) keep the states unchanged.
         """
+        check_token_ids(token_ids, self.vocabulary_size, rank=1)
         token_ids = ops.convert_to_tensor(token_ids, dtype="int32")
         keep = ops.not_equal(token_ids, 0)[:, None]  # (batch, 1)
         x = self.embedding(token_ids)  # (batch, embedding_dim)
@@ -231,3 +235,34 @@ class RNNLanguageModel(keras.Model):
             }
         )
         return config
+
+
+def check_token_ids(token_ids, vocabulary_size: int, rank: int) -> None:
+    """Raise a clear error for token ids of the wrong rank, and (when the values are known:
+    eager calls, numpy input) of a non-integer dtype or outside ``[0, vocabulary_size)``.
+
+    Inside a traced function only the rank is checked: an XLA gather would silently clamp
+    an out-of-range id, so data pipelines and serving signatures check values before that.
+    """
+    shape = getattr(token_ids, "shape", None)
+    if shape is None:
+        token_ids = np.asarray(token_ids)
+        shape = token_ids.shape
+    if getattr(shape, "rank", len(shape)) not in (None, rank):
+        expected = "(batch, time)" if rank == 2 else "(batch,)"
+        raise ValueError(f"Token ids must have rank {rank} {expected}, got shape {tuple(shape)}.")
+    concrete = isinstance(token_ids, np.ndarray) or (
+        tf.executing_eagerly() and tf.is_tensor(token_ids)
+    )
+    if not concrete:  # traced (Keras/SavedModel tracing may pass float specs): shape only
+        return
+    dtype = keras.backend.standardize_dtype(token_ids.dtype)
+    if "int" not in dtype:
+        raise TypeError(f"Token ids must be integers (int32 or int64), got dtype {dtype}.")
+    values = np.asarray(token_ids)
+    if values.size and (values.min() < 0 or values.max() >= vocabulary_size):
+        bad = values[(values < 0) | (values >= vocabulary_size)][0]
+        raise ValueError(
+            f"Token id {bad} is outside the vocabulary [0, {vocabulary_size}): were these "
+            "ids made with another vocabulary?"
+        )

@@ -12,11 +12,21 @@ from pathlib import Path
 
 import keras
 
+from keras_rnnlm.checkpoints import ResumableCheckpoint, atomic_save_model, atomic_write_text
 from keras_rnnlm.data.corpora import Corpus, load_corpus, text_files_corpus
-from keras_rnnlm.data.pipelines import encode_corpus, sentence_dataset, stream_dataset, token_stream
+from keras_rnnlm.data.pipelines import (
+    encode_corpus,
+    sentence_dataset,
+    sentence_epochs,
+    stream_dataset,
+    token_stream,
+)
 from keras_rnnlm.data.vocabulary import BOS, EOS, Vocabulary
+from keras_rnnlm.distribute import STRATEGIES, get_strategy
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.training import (
+    CLIPPING,
+    OPTIMIZERS,
     PRESETS,
     EpochDecay,
     ResetStatesCallback,
@@ -26,12 +36,19 @@ from keras_rnnlm.training import (
     evaluate_stream_perplexity,
 )
 
-MODEL_FILE, VOCAB_FILE, METRICS_FILE, CONFIG_FILE = (
+MODEL_FILE, VOCAB_FILE, METRICS_FILE, CONFIG_FILE, CHECKPOINT_FILE, BACKUP_DIR = (
     "model.keras",
     "vocabulary.json",
     "metrics.json",
     "config.json",
+    "checkpoint.keras",  # the model after the last completed epoch
+    "backup",  # the resumable training state (keras_rnnlm.checkpoints), removed when done
 )
+RESUMABLE_FIELDS_IGNORED = ("overwrite", "verbose")  # may differ when a run is resumed
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN/infinite or exploded; the last good checkpoint is kept."""
 
 
 @dataclasses.dataclass
@@ -70,10 +87,37 @@ class TrainConfig:
     decay_factor: float = 1.0  # ...then divided by this each epoch
     use_builtin_layers: bool = False
     jit_compile: bool = True  # XLA-compile the train step (one compilation per batch shape)
+    strategy: str = "default"  # default | mirrored | multi_worker | tpu (keras_rnnlm.distribute)
+    encoding_errors: str = "strict"  # text files that are not UTF-8: strict (fail) | replace
     seed: int = 0
     output: str = "rnnlm_run"
     overwrite: bool = False
     verbose: int = 1
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``ValueError`` naming the first setting that cannot work."""
+        positive = ("num_layers", "units", "embedding_dim", "batch_size", "num_steps", "epochs")
+        for name in positive + ("max_length", "steps_per_epoch", "max_vocabulary_size"):
+            value = getattr(self, name)
+            if value is None and name in ("max_length", "steps_per_epoch"):
+                continue
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        choices = {
+            "mode": ("sentence", "stream"),
+            "strategy": STRATEGIES,
+            "encoding_errors": ("strict", "replace"),
+            "optimizer": OPTIMIZERS,
+            "clipping": CLIPPING,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        return self
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "TrainConfig":
@@ -107,7 +151,11 @@ class TrainConfig:
 def load_config_corpus(config: TrainConfig) -> Corpus:
     if config.train_file:
         return text_files_corpus(
-            config.train_file, config.valid_file, config.test_file, level=config.level or "word"
+            config.train_file,
+            config.valid_file,
+            config.test_file,
+            level=config.level or "word",
+            errors=config.encoding_errors,
         )
     return load_corpus(config.corpus, config.manual_dir, config.data_dir, config.level)
 
@@ -165,12 +213,52 @@ def _check_output_dir(path: Path, overwrite: bool):
         )
 
 
-def train(config: TrainConfig) -> dict:
-    """Train, evaluate and save a language model; returns the metrics written to metrics.json."""
-    if config.mode not in ("sentence", "stream"):
-        raise ValueError(f"mode must be 'sentence' or 'stream', got {config.mode!r}.")
+def _check_resumable(output: Path, config: TrainConfig) -> None:
+    """An interrupted run in ``output`` may only be resumed by the same configuration."""
+    saved_file = output / CONFIG_FILE
+    if not saved_file.exists():
+        raise ValueError(f"{output / BACKUP_DIR} holds a checkpoint but {saved_file} is missing.")
+    saved = json.loads(saved_file.read_text())
+    current = dataclasses.asdict(config)
+    changed = sorted(
+        k for k in current if k not in RESUMABLE_FIELDS_IGNORED and saved.get(k) != current[k]
+    )
+    if changed:
+        raise ValueError(
+            f"{output} holds an interrupted run with a different configuration ({', '.join(changed)} "
+            "differ); rerun the same command to resume it, or pass --overwrite to start over, "
+            "or choose another --output."
+        )
+
+
+def train(config: TrainConfig, callbacks: list | None = None) -> dict:
+    """Train, evaluate and save a language model; returns the metrics written to metrics.json.
+
+    Rerunning an interrupted run (same configuration, same ``output``) resumes it from its last
+    completed epoch and ends as the uninterrupted run would (``keras_rnnlm.checkpoints``).
+    ``callbacks`` are added to ``fit``'s.
+
+    Raises:
+        ValueError: a setting or the data cannot work (the message names it).
+        FileExistsError: ``output`` is a file, or holds a finished run (without ``overwrite``).
+        TrainingDivergedError: the loss became NaN or exploded (advice in the message).
+    """
+    config.validate()
     output = Path(config.output)
     _check_output_dir(output, config.overwrite)
+    checkpoint = ResumableCheckpoint(output / BACKUP_DIR, delete_on_success=True)
+    if config.overwrite:
+        checkpoint.path.unlink(missing_ok=True)
+    first_epoch = checkpoint.completed_epochs()
+    if first_epoch:
+        _check_resumable(output, config)
+    strategy = get_strategy(config.strategy)
+    multi_replica = strategy.num_replicas_in_sync > 1
+    if multi_replica and config.mode == "stream":
+        raise ValueError(
+            "stream mode keeps one recurrent state per batch row on one device; train it with "
+            "--strategy default, or use --mode sentence with several replicas."
+        )
     keras.utils.set_random_seed(config.seed)
 
     corpus = load_config_corpus(config)
@@ -179,55 +267,81 @@ def train(config: TrainConfig) -> dict:
         name: encode_corpus(vocabulary, corpus.split(name)) for name in ("train", "valid", "test")
     }
     if not splits["train"]:
-        raise ValueError(f"The training split of {corpus.name!r} is empty.")
-    datasets = {n: make_dataset(s, config, training=(n == "train")) for n, s in splits.items() if s}
+        raise ValueError(
+            f"The training split of {corpus.name!r} holds no text (empty or blank lines only)."
+        )
+    datasets = {n: make_dataset(s, config, training=False) for n, s in splits.items() if s}
+    steps_per_epoch = config.steps_per_epoch
+    if config.mode == "sentence":
+        train_data, steps_per_epoch = sentence_epochs(
+            splits["train"],
+            config.batch_size,
+            config.max_length,
+            seed=config.seed,
+            first_epoch=first_epoch,
+            steps_per_epoch=config.steps_per_epoch,
+        )
+    elif config.steps_per_epoch:  # slices of the repeated stream
+        train_data = datasets["train"].repeat().skip(first_epoch * config.steps_per_epoch)
+    else:
+        train_data = datasets["train"]
 
-    model = build_model(config, vocabulary.size)
-    compile_language_model(
-        model,
-        config.optimizer,
-        config.learning_rate,
-        config.clip_norm,
-        config.clipping,
-        level=corpus.level,
-        jit_compile=config.jit_compile,
-    )
+    with strategy.scope():
+        model = build_model(config, vocabulary.size)
+        compile_language_model(
+            model,
+            config.optimizer,
+            config.learning_rate,
+            config.clip_norm,
+            config.clipping,
+            level=corpus.level,
+            # XLA cannot compile a step whose variables live on several devices; TPUs compile
+            jit_compile=config.jit_compile and (not multi_replica or config.strategy == "tpu"),
+        )
     output.mkdir(parents=True, exist_ok=True)
-    vocabulary.save(output / VOCAB_FILE)
-    (output / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    if not first_epoch:
+        vocabulary.save(output / VOCAB_FILE)
+        atomic_write_text(output / CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2))
 
+    divergence = StopOnDivergence()
     callbacks = [
-        StopOnDivergence(),
-        keras.callbacks.ModelCheckpoint(str(output / "checkpoint.keras")),
+        divergence,
+        checkpoint,
+        SaveModelEachEpoch(output / CHECKPOINT_FILE),
+        *(callbacks or []),
     ]
     if config.mode == "stream":
         callbacks.append(ResetStatesCallback())
     if config.decay_start_epoch is not None:
         schedule = EpochDecay(config.learning_rate, config.decay_start_epoch, config.decay_factor)
         callbacks.append(keras.callbacks.LearningRateScheduler(schedule))
-    train_data = datasets["train"]
-    if config.steps_per_epoch and config.mode == "sentence":
-        train_data = train_data.repeat()
     start = time.time()
-    history = model.fit(
+    model.fit(
         train_data,
         validation_data=datasets.get("valid"),
         epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch,
+        initial_epoch=first_epoch,
+        steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
         verbose=config.verbose,
     )
     train_seconds = time.time() - start
-    model.save(output / MODEL_FILE)
+    if divergence.stopped_at is not None:
+        raise TrainingDivergedError(
+            f"{divergence.message} The last good epoch is kept in {output / CHECKPOINT_FILE} "
+            f"(and {checkpoint.path}, from which the same command resumes)."
+        )
+    atomic_save_model(model, output / MODEL_FILE)
 
     metrics = {
         "corpus": corpus.name,
         "level": corpus.level,
         "mode": config.mode,
         "vocabulary_size": vocabulary.size,
-        "epochs_run": len(history.history.get("loss", [])),
+        "epochs_run": len(checkpoint.history.get("loss", [])),
+        "resumed_at_epoch": first_epoch,
         "train_seconds": round(train_seconds, 1),
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "history": checkpoint.history,
     }
     for name, dataset in datasets.items():
         if config.mode == "stream" and name != "train":
@@ -242,8 +356,21 @@ def train(config: TrainConfig) -> dict:
         metrics["unigram_valid_perplexity"] = vocabulary.unigram_perplexity(*with_eos)
     if not all(math.isfinite(metrics[name]["perplexity"]) for name in datasets):
         metrics["warning"] = "non-finite perplexity: training diverged"
-    (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(output / METRICS_FILE, json.dumps(metrics, indent=2))
     return metrics
+
+
+class SaveModelEachEpoch(keras.callbacks.Callback):
+    """Write the model to ``path`` (atomically) after every epoch whose loss is finite."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and math.isfinite(float(loss)):
+            atomic_save_model(self.model, self.path)
 
 
 def load_run(directory) -> tuple[RNNLanguageModel, Vocabulary]:
@@ -253,7 +380,14 @@ def load_run(directory) -> tuple[RNNLanguageModel, Vocabulary]:
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is not a keras-rnnlm run: {name} is missing.")
     model = keras.saving.load_model(directory / MODEL_FILE)
-    return stateless_copy(model), Vocabulary.load(directory / VOCAB_FILE)
+    vocabulary = Vocabulary.load(directory / VOCAB_FILE)
+    if getattr(model, "vocabulary_size", vocabulary.size) != vocabulary.size:
+        raise ValueError(
+            f"{directory / VOCAB_FILE} has {vocabulary.size} tokens but the model in "
+            f"{directory / MODEL_FILE} predicts {model.vocabulary_size}: they come from "
+            "different runs."
+        )
+    return stateless_copy(model), vocabulary
 
 
 def stateless_copy(model: RNNLanguageModel) -> RNNLanguageModel:

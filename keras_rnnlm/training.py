@@ -123,6 +123,7 @@ class StopOnDivergence(keras.callbacks.Callback):
         super().__init__()
         self.max_loss = max_loss
         self.stopped_at = None
+        self.message = ""
 
     def on_train_begin(self, logs=None):
         if self.max_loss is None:
@@ -139,11 +140,12 @@ class StopOnDivergence(keras.callbacks.Callback):
         if not math.isfinite(loss) or loss > self.limit:
             self.stopped_at = batch
             self.model.stop_training = True
-            print(
-                f"\nStopped: the loss became {loss:.4g} at batch {batch} (exploding gradients). "
+            self.message = (
+                f"Stopped: the loss became {loss:.4g} at batch {batch} (exploding gradients). "
                 "Clip the global gradient norm (--clip-norm, e.g. 5, or 0.25 for SGD on the mean "
                 "loss) or lower the learning rate (--learning-rate)."
             )
+            print("\n" + self.message)
 
 
 def evaluate_perplexity(model: keras.Model, dataset: tf.data.Dataset) -> dict:

@@ -115,6 +115,11 @@ def test_nan_loss_stops_with_advice(tmp_path):
         timeout=300,
     )
     assert "Stopped: the loss became" in proc.stdout and "--clip-norm" in proc.stdout
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "keras-rnnlm train: error: Stopped" in proc.stderr
+    # no model from NaN weights; the configuration and vocabulary are still there
+    assert not (tmp_path / "nan" / "model.keras").exists()
+    assert (tmp_path / "nan" / "vocabulary.json").is_file()
 
 
 @pytest.mark.slow

@@ -170,6 +170,16 @@ def test_bad_ids_are_refused(tmp_path):
     for dtype in (tf.int64, tf.float32):
         with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="int32"):
             served(token_ids=tf.constant([[2, 3]], dtype))
+    for wrong_rank in ([2, 3], [[[2, 3]]]):  # (time,) and (batch, time, 1) instead of (batch, time)
+        with pytest.raises(
+            (TypeError, ValueError, tf.errors.InvalidArgumentError), match="rank|shape"
+        ):
+            served(token_ids=tf.constant(wrong_rank, tf.int32))
+    generate = tf.saved_model.load(str(tmp_path / "e")).signatures["generate"]
+    empty_prompt = dict(max_new_tokens=tf.constant(3), temperature=tf.constant(1.0),
+                        top_k=tf.constant(0), seed=tf.constant(0))  # fmt: skip
+    with pytest.raises(tf.errors.InvalidArgumentError, match="prompt needs"):
+        generate(prompt_ids=tf.constant([[2, 5], [0, 0]], tf.int32), **empty_prompt)
 
 
 def test_untrained_or_unbuilt_export_is_a_clear_error(tmp_path):

@@ -38,11 +38,25 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("KERAS_RNNLM_DATA", DEFAULT_SHARED_DATA))
 
 
-def read_lines(path) -> list[str]:
+def read_lines(path, errors: str = "strict") -> list[str]:
+    """Lines of a UTF-8 text file.
+
+    ``errors="strict"`` (default) rejects bytes that are not UTF-8 with a ``ValueError`` naming
+    the file, line and byte; ``errors="replace"`` turns them into U+FFFD (then ``<unk>``).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Text file not found: {path}")
-    return path.read_text(encoding="utf-8").splitlines()
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8", errors=errors).splitlines()
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path} is not UTF-8: byte 0x{data[error.start]:02x} at line {line} "
+            f"(offset {error.start}). Convert the file to UTF-8, or pass --encoding-errors "
+            "replace to read such bytes as U+FFFD."
+        ) from None
 
 
 def python_docs_corpus(level: str = "word") -> Corpus:
@@ -65,14 +79,17 @@ def python_docs_corpus(level: str = "word") -> Corpus:
 
 
 def text_files_corpus(
-    train_file, valid_file=None, test_file=None, level="word", lowercase=False
+    train_file, valid_file=None, test_file=None, level="word", lowercase=False, errors="strict"
 ) -> Corpus:
-    """The user's own files, one sentence per line. Missing valid/test splits are empty."""
+    """The user's own files, one sentence per line. Missing valid/test splits are empty.
+
+    ``errors``: what to do with bytes that are not UTF-8 (``read_lines``).
+    """
     return Corpus(
         name=Path(train_file).stem,
-        train=read_lines(train_file),
-        valid=read_lines(valid_file) if valid_file else [],
-        test=read_lines(test_file) if test_file else [],
+        train=read_lines(train_file, errors),
+        valid=read_lines(valid_file, errors) if valid_file else [],
+        test=read_lines(test_file, errors) if test_file else [],
         level=level,
         lowercase=lowercase,
     )

@@ -94,22 +94,79 @@ def sentence_dataset(
         drop_remainder: drop incomplete batches (needed for fixed shapes, e.g. TPU).
         start_id: first id of every sentence (``vocabulary.start_id``).
     """
+    windows, lengths = _windows_and_lengths(sentences, batch_size, max_length, start_id)
+    ragged = tf.RaggedTensor.from_row_lengths(np.concatenate(windows), lengths + 1)
+    dataset = tf.data.Dataset.from_tensor_slices(ragged)
+    if shuffle:
+        dataset = dataset.shuffle(len(windows), seed=seed, reshuffle_each_iteration=True)
+    if bucket_boundaries is None:
+        bucket_boundaries = default_bucket_boundaries(lengths)
+    elif lengths.max() >= max(bucket_boundaries):
+        raise ValueError(
+            f"An example has {lengths.max()} predictions, more than the last bucket boundary "
+            f"({max(bucket_boundaries)}) allows: give a last boundary above {lengths.max()} or a "
+            f"smaller max_length (longer sentences are then split)."
+        )
+    dataset = _pad_in_buckets(dataset, batch_size, bucket_boundaries, drop_remainder)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def sentence_epochs(
+    sentences: Sequence[Sequence[int]],
+    batch_size: int = 32,
+    max_length: int | None = 100,
+    seed: int = 0,
+    first_epoch: int = 0,
+    steps_per_epoch: int | None = None,
+    start_id: int = BOS_ID,
+) -> tuple[tf.data.Dataset, int]:
+    """Shuffled sentence batches for ``model.fit`` whose order is a function of the epoch.
+
+    Epoch ``e`` is shuffled with the seed ``(seed, e)``, so a run resumed at ``first_epoch``
+    (``keras_rnnlm.checkpoints``) sees exactly the batches an uninterrupted run sees. Batches
+    are as in ``sentence_dataset`` (padded, bucketed).
+
+    Returns:
+        ``(dataset, steps_per_epoch)``: an endless dataset starting at ``first_epoch``, and
+        the number of batches to pass to ``fit(steps_per_epoch=...)`` (one pass over the data,
+        unless ``steps_per_epoch`` is given: then epochs are slices of that many batches of
+        the endless sequence of shuffled passes).
+    """
+    windows, lengths = _windows_and_lengths(sentences, batch_size, max_length, start_id)
+    ragged = tf.RaggedTensor.from_row_lengths(np.concatenate(windows), lengths + 1)
+    boundaries = default_bucket_boundaries(lengths)
+    buckets = np.bincount(np.searchsorted(boundaries, lengths, side="right"))
+    batches_per_pass = int(sum(-(-count // batch_size) for count in buckets))
+    seed = tf.constant(seed, tf.int64)
+
+    def one_pass(index):  # pass ``index`` over the data, shuffled with the seed (seed, index)
+        keys = tf.random.stateless_uniform([len(windows)], seed=tf.stack([seed, index]))
+        order = tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
+        dataset = order.map(lambda i: ragged[i])
+        return _pad_in_buckets(dataset, batch_size, boundaries, drop_remainder=False)
+
+    steps = steps_per_epoch or batches_per_pass
+    first_batch = first_epoch * steps
+    first_pass, skip = divmod(first_batch, batches_per_pass)
+    dataset = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass).skip(skip)
+    return dataset.prefetch(tf.data.AUTOTUNE), steps
+
+
+def _windows_and_lengths(sentences, batch_size, max_length, start_id):
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     windows = sentence_windows(sentences, max_length, start_id)
     if not windows:
         raise ValueError("No sentence has anything to predict: the corpus is empty.")
     lengths = np.array([len(w) - 1 for w in windows], dtype=np.int64)  # predictions per example
-    flat = np.concatenate(windows)
-    ragged = tf.RaggedTensor.from_row_lengths(flat, lengths + 1)
-    dataset = tf.data.Dataset.from_tensor_slices(ragged)
-    if shuffle:
-        dataset = dataset.shuffle(len(windows), seed=seed, reshuffle_each_iteration=True)
+    return windows, lengths
+
+
+def _pad_in_buckets(dataset, batch_size, bucket_boundaries, drop_remainder):
+    """``seq -> (seq[:-1], seq[1:])``, batched by length bucket, padded to the boundary."""
     dataset = dataset.map(lambda seq: (seq[:-1], seq[1:]), num_parallel_calls=tf.data.AUTOTUNE)
-    if bucket_boundaries is None:
-        bucket_boundaries = default_bucket_boundaries(lengths)
     bucket_boundaries = list(bucket_boundaries)
-    dataset = dataset.bucket_by_sequence_length(
+    return dataset.bucket_by_sequence_length(
         element_length_func=lambda x, y: tf.shape(x)[0],
         bucket_boundaries=bucket_boundaries,
         bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
@@ -118,7 +175,6 @@ def sentence_dataset(
         pad_to_bucket_boundary=True,
         drop_remainder=drop_remainder,
     )
-    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def token_stream(sentences: Sequence[Sequence[int]]) -> np.ndarray:
