@@ -14,7 +14,10 @@ of the global-batch mean even when the replicas hold different amounts of paddin
 Strategies (``keras-rnnlm train --strategy ...``):
 
 * ``default``: one device (``tf.distribute.get_strategy()``).
-* ``mirrored``: ``tf.distribute.MirroredStrategy`` over the local GPUs (or CPUs).
+* ``mirrored``: ``tf.distribute.MirroredStrategy`` over the local GPUs (without GPUs: the
+  logical CPU devices). Sentence mode only (a stateful stream model keeps one state per row on
+  one device). The train step runs without XLA there: XLA cannot compile a step whose
+  variables live on several devices.
 * ``multi_worker``: ``tf.distribute.MultiWorkerMirroredStrategy``; every worker runs the same
   command with its own ``TF_CONFIG`` environment variable, e.g.
   ``{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker",
@@ -38,7 +41,10 @@ def get_strategy(name: str = "default") -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # every local GPU; without GPUs, every logical CPU device (one unless configured with
+        # tf.config.set_logical_device_configuration, as the tests do)
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError(

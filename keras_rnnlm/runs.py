@@ -340,6 +340,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
         "vocabulary_size": vocabulary.size,
         "epochs_run": len(checkpoint.history.get("loss", [])),
         "resumed_at_epoch": first_epoch,
+        "replicas": strategy.num_replicas_in_sync,
         "train_seconds": round(train_seconds, 1),
         "history": checkpoint.history,
     }

@@ -18,8 +18,12 @@ import keras  # noqa: E402
 from keras_rnnlm.models import RNNLanguageModel  # noqa: E402
 from keras_rnnlm.training import compile_language_model  # noqa: E402
 
-optimizer_kind = sys.argv[1]  # ours | keras
-jit_compile = sys.argv[2] == "jit"
+optimizer_kind = sys.argv[1]  # ours | keras | cli
+if optimizer_kind == "cli":  # keras-rnnlm train --strategy mirrored, end to end
+    from keras_rnnlm.cli import main
+
+    sys.exit(main(["train", "--strategy", "mirrored", *sys.argv[2:]]))
+jit_compile = sys.argv[2] == "jit"  # XLA cannot compile a step on 2 devices: "nojit"
 CLIP = 0.05  # small enough that every step is clipped
 
 # a global batch of 4 sentences; the two halves (one per replica) hold different token counts

@@ -52,6 +52,36 @@ def test_keras_optimizer_clips_per_replica_and_exceeds_the_limit():
     assert result["max_abs_difference"] > 1e-3
 
 
+@pytest.mark.slow
+def test_cli_trains_with_the_mirrored_strategy(tmp_path):
+    lines = ["the cat sat on the mat", "a dog sat on a log", "the cat and the dog"] * 20
+    (tmp_path / "train.txt").write_text("\n".join(lines))
+    out = tmp_path / "run"
+    args = ["--train-file", str(tmp_path / "train.txt"), "--units", "8", "--embedding-dim", "8",
+            "--epochs", "2", "--batch-size", "8", "--verbose", "2", "--output", str(out)]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["replicas"] == 2
+    loss = metrics["history"]["loss"]
+    assert loss[1] < loss[0] and metrics["train"]["perplexity"] < 30
+    # stream mode needs one device: a clear error, nothing written
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "cli", *args[:-1], str(tmp_path / "s"), "--mode", "stream"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 2 and "stream mode" in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_clipping_unchanged_on_one_device():
     grads = [tf.constant([3.0, 4.0]), tf.constant([12.0])]  # global norm 13
     variables = [keras.Variable([0.0, 0.0]), keras.Variable([0.0])]
