@@ -69,7 +69,10 @@ class TrainConfig:
     decay_start_epoch: int | None = None  # EpochDecay: constant for this many epochs...
     decay_factor: float = 1.0  # ...then divided by this each epoch
     use_builtin_layers: bool = False
-    jit_compile: bool = True  # XLA-compile the train step (one compilation per batch shape)
+    # True: XLA-compile the train step (one compilation per batch shape); False: graph mode;
+    # "recurrence": graph step with XLA-compiled time loops (see compile_language_model)
+    jit_compile: bool | str = True
+    output_dtype: str = "float32"  # "bfloat16": output layer matmuls in bfloat16 (fp32 weights)
     seed: int = 0
     output: str = "rnnlm_run"
     overwrite: bool = False
@@ -150,6 +153,7 @@ def build_model(config: TrainConfig, vocabulary_size: int) -> RNNLanguageModel:
         init_scale=config.init_scale,
         stateful=config.mode == "stream",
         use_builtin_layers=config.use_builtin_layers,
+        output_dtype=config.output_dtype,
     )
     batch = config.batch_size if config.mode == "stream" else None
     model.build((batch, None))
