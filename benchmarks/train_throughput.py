@@ -171,6 +171,7 @@ def main():
         "keras": KerasRunner(True, steps=args.steps, jit_compile=True, output_dtype="float32"),
     }
     variants = {
+        "ours XLA fp32": dict(jit_compile=True, output_dtype="float32"),
         "ours graph fp32": dict(jit_compile=False, output_dtype="float32"),
         "ours hybrid fp32": dict(jit_compile="recurrence", output_dtype="float32"),
         "ours hybrid bf16-out": dict(jit_compile="recurrence", output_dtype="bfloat16"),
