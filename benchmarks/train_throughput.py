@@ -3,7 +3,11 @@
 Models, all 2x200 LSTM, vocabulary 10k, batch 20, 20 unrolled steps, SGD with global norm
 clipping, state carried across batches (truncated BPTT):
 
-  ours     keras_rnnlm.RNNLanguageModel (from-scratch cells, hoisted input projection, XLA)
+  ours     keras_rnnlm.RNNLanguageModel (from-scratch cells, hoisted input projection), as
+           `keras-rnnlm train --preset small` compiles it
+  ours ... the same model with other compile settings: whole step XLA (jit_compile=True),
+           graph (jit_compile=False), hybrid (jit_compile="recurrence": graph step, XLA time
+           loops and softmax cross-entropy), with a bfloat16 output layer or not
   keras    the same model on keras.layers.LSTM (use_builtin_layers=True), same compile settings
   torch    an equivalent PyTorch nn.LSTM model (only when torch is importable)
 
@@ -18,7 +22,11 @@ where the time goes (full step vs a tiny-vocabulary step = recurrence only vs in
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's keras_rnnlm
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -65,11 +73,11 @@ def random_stream(num_batches, vocab=VOCAB, seed=0):
 
 
 class KerasRunner:
-    def __init__(self, builtin, vocab=VOCAB, steps=40):
-        config = TrainConfig.from_preset("small", use_builtin_layers=builtin)
+    def __init__(self, builtin, vocab=VOCAB, steps=40, **overrides):
+        config = TrainConfig.from_preset("small", use_builtin_layers=builtin, **overrides)
         model = build_model(config, vocab)  # exactly what `keras-rnnlm train --preset small` builds
         compile_language_model(
-            model, "sgd", P.keras_learning_rate, P.keras_clip_norm, jit_compile=True
+            model, "sgd", P.keras_learning_rate, P.keras_clip_norm, jit_compile=config.jit_compile
         )
         x, y = random_stream(steps, vocab)
         self.dataset = tf.data.Dataset.from_tensor_slices((x, y)).cache().prefetch(tf.data.AUTOTUNE)
@@ -152,13 +160,26 @@ def main():
         help="training steps per round and model (short rounds measure fit() overhead)",
     )
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument(
+        "--no-variants", action="store_true", help="skip the rows of other compile settings"
+    )
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
 
     runners = {
         "ours": KerasRunner(False, steps=args.steps),
-        "keras": KerasRunner(True, steps=args.steps),
+        "keras": KerasRunner(True, steps=args.steps, jit_compile=True, output_dtype="float32"),
     }
+    variants = {
+        "ours XLA fp32": dict(jit_compile=True, output_dtype="float32"),
+        "ours graph fp32": dict(jit_compile=False, output_dtype="float32"),
+        "ours hybrid fp32": dict(jit_compile="recurrence", output_dtype="float32"),
+        "ours hybrid bf16-out": dict(jit_compile="recurrence", output_dtype="bfloat16"),
+        "ours XLA bf16-out": dict(jit_compile=True, output_dtype="bfloat16"),
+    }
+    if not args.no_variants:
+        for name, overrides in variants.items():
+            runners[name] = KerasRunner(False, steps=args.steps, **overrides)
     if not args.no_torch:
         try:
             import torch

@@ -74,6 +74,26 @@ def _add_train_parser(subparsers):
         help="run the train step without XLA",
     )
     p.add_argument(
+        "--jit-recurrence",
+        dest="jit_compile",
+        action="store_const",
+        const="recurrence",
+        help="graph-mode train step with XLA-compiled time loops (preset default; fastest on "
+        "CPU with --output-dtype bfloat16)",
+    )
+    p.add_argument(
+        "--jit-whole-step",
+        dest="jit_compile",
+        action="store_const",
+        const=True,
+        help="XLA-compile the whole train step (default without a preset)",
+    )
+    p.add_argument(
+        "--output-dtype",
+        choices=["float32", "bfloat16"],
+        help="compute dtype of the output layer's matmuls (weights stay float32)",
+    )
+    p.add_argument(
         "--strategy",
         choices=["default", "mirrored", "multi_worker", "tpu"],
         help="tf.distribute strategy (exact global clipping across replicas; "

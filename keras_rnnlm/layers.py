@@ -96,6 +96,12 @@ class Recurrent(keras.layers.Layer):
         self.supports_masking = True
         self.state_variables = None
 
+    #: Run the time loop as its own XLA-compiled function (forward and gradient) even when the
+    #: surrounding computation is not XLA-compiled: ``compile_language_model(...,
+    #: jit_compile="recurrence")`` sets it. A runtime switch, not part of the config. One XLA
+    #: compilation per input shape.
+    jit_time_loop = False
+
     @property
     def state_sizes(self):
         return _as_list(self.cell.state_size)
@@ -140,7 +146,8 @@ class Recurrent(keras.layers.Layer):
             mask = None if mask is None else ops.flip(mask, axis=1)
 
         projected = self.cell.project_inputs(inputs)  # (batch, time, gates * units)
-        outputs, last_output, states = self._time_loop(projected, mask, states)
+        time_loop = self._compiled_time_loop if self.jit_time_loop else self._time_loop
+        outputs, last_output, states = time_loop(projected, mask, states)
 
         if self.stateful:
             for variable, state in zip(self.state_variables, states, strict=True):
@@ -181,6 +188,71 @@ class Recurrent(keras.layers.Layer):
         )
         outputs = tf.transpose(ys.stack(), [1, 0, 2])  # (batch, time, units)
         return outputs, last, states
+
+    def _pure_time_loop(self, projected, mask, states, weights):
+        """``_time_loop`` with the cell's weights given as tensors (a pure function)."""
+        mapping = list(zip(self.cell.trainable_weights, weights))
+        with keras.StatelessScope(state_mapping=mapping):
+            return self._time_loop(projected, mask, states)
+
+    def _xla_functions(self):
+        functions = self.__dict__.get("_xla_loop_functions")
+        if functions is not None:
+            return functions
+
+        def forward(projected, mask, states, weights, has_mask):
+            return self._pure_time_loop(projected, mask if has_mask else None, states, weights)
+
+        def backward(projected, mask, states, weights, has_mask, upstream):
+            # recompute the forward inside the same XLA computation: the while loop's saved
+            # intermediates (TensorLists) cannot be outputs of an XLA function
+            with tf.GradientTape() as tape:
+                tape.watch([projected, states, weights])
+                outputs, last, final = forward(projected, mask, states, weights, has_mask)
+            return tape.gradient(
+                [outputs, last, *final],
+                [projected, states, weights],
+                output_gradients=upstream,
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+
+        functions = (
+            tf.function(forward, jit_compile=True),
+            tf.function(backward, jit_compile=True),
+        )
+        object.__setattr__(self, "_xla_loop_functions", functions)  # untracked: never saved
+        return functions
+
+    def _compiled_time_loop(self, projected, mask, states):
+        """``_time_loop`` as one XLA computation, and its gradient as another (``jit_time_loop``).
+
+        TensorFlow cannot differentiate an XLA function holding a while loop through its
+        saved intermediates, so the gradient recomputes the loop's forward pass (one extra
+        recurrence forward, inside the compiled backward computation).
+        """
+        forward, backward = self._xla_functions()
+        has_mask = mask is not None
+        mask = mask if has_mask else tf.zeros((), tf.bool)
+        weights = [tf.convert_to_tensor(w) for w in self.cell.trainable_weights]
+        num_states = len(states)
+
+        @tf.custom_gradient
+        def loop(projected, mask, *flat):
+            states, weights = list(flat[:num_states]), list(flat[num_states:])
+            outputs, last, final = forward(projected, mask, states, weights, has_mask)
+            results = [outputs, last, *final]
+
+            def grad(*upstream):
+                upstream = [tf.zeros_like(r) if u is None else u for u, r in zip(upstream, results)]
+                d_projected, d_states, d_weights = backward(
+                    projected, mask, states, weights, has_mask, upstream
+                )
+                return [d_projected, None, *d_states, *d_weights]
+
+            return results, grad
+
+        outputs, last, *final = loop(projected, mask, *states, *weights)
+        return outputs, last, list(final)
 
     def compute_mask(self, inputs, mask=None):
         output_mask = mask if self.return_sequences else None

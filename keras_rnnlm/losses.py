@@ -1,6 +1,7 @@
 """The language-model loss: cross-entropy averaged over real (non-padding) tokens."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_rnnlm.distribute import cross_replica_sum
@@ -8,14 +9,57 @@ from keras_rnnlm.distribute import cross_replica_sum
 _PACKAGE = "keras_rnnlm"
 
 
-def token_nll(targets, logits):
-    """Per-token negative log-likelihood ``(batch, time)`` and the real-token mask.
+@tf.function(jit_compile=True)
+def _xla_xent_and_grad(targets, logits):
+    logits = tf.cast(logits, tf.float32)
+    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+    exp = tf.exp(shifted)
+    total = tf.reduce_sum(exp, axis=-1, keepdims=True)
+    nll = tf.math.log(total[..., 0]) - tf.gather(shifted, targets, batch_dims=len(targets.shape))
+    grad = exp / total - tf.one_hot(targets, tf.shape(logits)[-1], dtype=tf.float32)
+    return nll, grad
 
-    Uses the fused sparse softmax cross-entropy (no ``(batch, time, vocab)`` probabilities
-    are materialised). Target id 0 is padding: its NLL is returned as 0 and its mask as 0.
+
+@tf.function(jit_compile=True)
+def _xla_scale(upstream, grad):
+    return upstream[..., None] * grad
+
+
+@tf.custom_gradient
+def _xla_sparse_softmax_cross_entropy(targets, logits):
+    nll, grad = _xla_xent_and_grad(targets, logits)
+
+    def backward(upstream):
+        return None, tf.cast(_xla_scale(upstream, grad), logits.dtype)
+
+    return nll, backward
+
+
+def sparse_softmax_cross_entropy(targets, logits, jit_compile=False):
+    """``-log softmax(logits)[target]`` per position, without materialising probabilities.
+
+    ``jit_compile=False`` uses TensorFlow's fused op. ``jit_compile=True`` runs the same
+    computation (and its gradient, ``softmax - one_hot``, computed in the same pass) as a
+    small XLA function: on CPU TensorFlow's fused kernel is several times slower than XLA's
+    vectorised one, so a train step that is *not* XLA-compiled as a whole
+    (``compile_language_model(jit_compile="recurrence")``) should use this. Inside an
+    XLA-compiled step both are compiled anyway. One XLA compilation per input shape.
     """
     targets = ops.cast(targets, "int32")
-    nll = ops.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+    if not jit_compile:
+        return ops.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+    return _xla_sparse_softmax_cross_entropy(targets, logits)
+
+
+def token_nll(targets, logits, jit_compile=False):
+    """Per-token negative log-likelihood ``(batch, time)`` and the real-token mask.
+
+    Uses a fused sparse softmax cross-entropy (no ``(batch, time, vocab)`` probabilities
+    are materialised; ``jit_compile``: see ``sparse_softmax_cross_entropy``). Target id 0 is
+    padding: its NLL is returned as 0 and its mask as 0.
+    """
+    targets = ops.cast(targets, "int32")
+    nll = sparse_softmax_cross_entropy(targets, logits, jit_compile=jit_compile)
     mask = ops.cast(ops.not_equal(targets, 0), nll.dtype)
     return nll * mask, mask
 
@@ -27,6 +71,9 @@ class MaskedLanguageModelLoss(keras.losses.Loss):
     Padded positions (target id 0) never count, whatever the batch's padding. This is the
     lecture's loss ``J = (1/T) sum_t J^(t)``, with ``T`` the number of real tokens in the
     batch. ``sample_weight`` (optional, ``(batch,)`` or ``(batch, time)``) multiplies the mask.
+    ``jit_compile=True`` computes the cross-entropy with a small XLA function (see
+    ``sparse_softmax_cross_entropy``); ``compile_language_model(jit_compile="recurrence")``
+    sets it.
 
     Under a multi-replica ``tf.distribute`` strategy ``T`` is the number of real tokens of the
     *global* batch (summed across replicas), so the summed replica gradients are exactly the
@@ -38,15 +85,16 @@ class MaskedLanguageModelLoss(keras.losses.Loss):
     >>> model.compile(optimizer="sgd", loss=MaskedLanguageModelLoss())
     """
 
-    def __init__(self, name="masked_lm_loss", **kwargs):
+    def __init__(self, name="masked_lm_loss", jit_compile=False, **kwargs):
         kwargs.pop("reduction", None)
         super().__init__(name=name, reduction="none", **kwargs)
+        self.jit_compile = jit_compile
 
     def call(self, y_true, y_pred):
-        return token_nll(y_true, y_pred)[0]
+        return token_nll(y_true, y_pred, self.jit_compile)[0]
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        nll, mask = token_nll(y_true, y_pred)
+        nll, mask = token_nll(y_true, y_pred, self.jit_compile)
         if sample_weight is not None:
             weight = ops.cast(sample_weight, mask.dtype)
             if len(weight.shape) == 1:
@@ -55,3 +103,8 @@ class MaskedLanguageModelLoss(keras.losses.Loss):
             nll = nll * weight
         # (a replica's share of) the global mean: the count is summed over the replicas
         return ops.divide_no_nan(ops.sum(nll), cross_replica_sum(ops.sum(mask)))
+
+    def get_config(self):
+        config = super().get_config()
+        config["jit_compile"] = self.jit_compile
+        return config

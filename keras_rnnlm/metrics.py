@@ -20,14 +20,17 @@ class Perplexity(keras.metrics.Metric):
 
     Args:
         name: metric name.
+        jit_compile: compute the cross-entropy with a small XLA function (see
+            ``keras_rnnlm.losses.sparse_softmax_cross_entropy``).
 
     Example:
 
     >>> model.compile(loss=MaskedLanguageModelLoss(), metrics=[Perplexity()])
     """
 
-    def __init__(self, name="perplexity", **kwargs):
+    def __init__(self, name="perplexity", jit_compile=False, **kwargs):
         super().__init__(name=name, **kwargs)
+        self.jit_compile = jit_compile
         self.total_nll = self.add_variable(
             shape=(), initializer="zeros", name="total_nll", dtype="float64"
         )
@@ -36,7 +39,7 @@ class Perplexity(keras.metrics.Metric):
         )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        nll, mask = token_nll(y_true, y_pred)
+        nll, mask = token_nll(y_true, y_pred, self.jit_compile)
         if sample_weight is not None:
             weight = ops.cast(sample_weight, mask.dtype)
             weight = weight[:, None] if len(weight.shape) == 1 else weight
@@ -54,13 +57,16 @@ class Perplexity(keras.metrics.Metric):
         self.total_nll.assign(0.0)
         self.total_tokens.assign(0.0)
 
+    def get_config(self):
+        return {**super().get_config(), "jit_compile": self.jit_compile}
+
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BitsPerCharacter(Perplexity):
     """``total NLL / total real tokens / ln 2`` for character-level models (same streaming)."""
 
-    def __init__(self, name="bits_per_character", **kwargs):
-        super().__init__(name=name, **kwargs)
+    def __init__(self, name="bits_per_character", jit_compile=False, **kwargs):
+        super().__init__(name=name, jit_compile=jit_compile, **kwargs)
 
     def result(self):
         return ops.cast(self.mean_nll() / math.log(2.0), "float32")

@@ -11,6 +11,7 @@ import tensorflow as tf
 from keras_rnnlm.distribute import SGD, Adam
 from keras_rnnlm.losses import MaskedLanguageModelLoss, token_nll
 from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
+from keras_rnnlm.models import RNNLanguageModel
 
 OPTIMIZERS = ("sgd", "adam")
 CLIPPING = ("global", "per_variable", "none")
@@ -56,18 +57,28 @@ def compile_language_model(
     clip_norm: float | None = 5.0,
     clipping: str = "global",
     level: str = "word",
-    jit_compile: bool = True,
+    jit_compile: bool | str = True,
 ) -> keras.Model:
     """Compile ``model`` with the masked LM loss, ``Perplexity`` (and bits per character for
-    ``level="char"``), and an optimizer from ``make_optimizer`` (or the one given)."""
+    ``level="char"``), and an optimizer from ``make_optimizer`` (or the one given).
+
+    ``jit_compile``: ``True`` XLA-compiles the whole train step; ``False`` runs it as a
+    TensorFlow graph; ``"recurrence"`` (``RNNLanguageModel`` only) runs it as a graph with
+    each recurrent time loop and the softmax cross-entropy XLA-compiled (forward and
+    gradient) and the output layer's matmuls on oneDNN, which is faster on CPU, above all
+    with ``RNNLanguageModel(output_dtype="bfloat16")``.
+    """
+    if jit_compile == "recurrence" and not isinstance(model, RNNLanguageModel):
+        raise ValueError('jit_compile="recurrence" needs an RNNLanguageModel.')
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer, learning_rate, clip_norm, clipping)
-    metrics = [Perplexity()]
+    xla_loss = jit_compile == "recurrence"
+    metrics = [Perplexity(jit_compile=xla_loss)]
     if level == "char":
-        metrics.append(BitsPerCharacter())
+        metrics.append(BitsPerCharacter(jit_compile=xla_loss))
     model.compile(
         optimizer=optimizer,
-        loss=MaskedLanguageModelLoss(),
+        loss=MaskedLanguageModelLoss(jit_compile=xla_loss),
         metrics=metrics,
         jit_compile=jit_compile,
     )

@@ -210,3 +210,18 @@ def test_export_run_directory(tmp_path):
     # the library call behind the CLI refuses to overwrite an export
     with pytest.raises(FileExistsError):
         export_run(run, tmp_path / "export")
+
+
+def test_hybrid_compiled_bfloat16_model_exports(tmp_path):
+    vocab = Vocabulary.build(SENTENCES, lowercase=True)
+    model = RNNLanguageModel(vocab.size, units=8, embedding_dim=8, output_dtype="bfloat16")
+    compile_language_model(model, "adam", 0.01, jit_compile="recurrence")
+    x = RNG.integers(2, vocab.size, size=(8, 6)).astype("int32")
+    model.fit(x[:, :-1], x[:, 1:], epochs=1, verbose=0)
+    export_dir = export_saved_model(model, vocab, tmp_path / "export")
+    ids = _ids(3, vocab.size)
+    served = tf.saved_model.load(str(export_dir)).signatures["serving_default"](
+        token_ids=tf.constant(ids)
+    )
+    expected = np.asarray(keras.ops.log_softmax(model(ids), axis=-1))
+    np.testing.assert_allclose(served["log_probs"].numpy()[ids != 0], expected[ids != 0], atol=1e-4)

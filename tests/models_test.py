@@ -99,3 +99,23 @@ def test_bad_arguments():
         RNNLanguageModel(V, cell="transformer")
     with pytest.raises(ValueError, match="vocabulary_size"):
         RNNLanguageModel(1)
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["dense", "tied"])
+def test_bfloat16_output_layer_close_to_float32_and_round_trips(tie, tmp_path):
+    model = _model(tie_embeddings=tie)
+    bf16 = model.clone_with(output_dtype="bfloat16")
+    assert [w.dtype for w in bf16.weights] == [w.dtype for w in model.weights]  # fp32 masters
+    logits = np.asarray(bf16(IDS))
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, np.asarray(model(IDS)), atol=2e-2)
+    path = tmp_path / "bf16.keras"
+    bf16.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_config()["output_dtype"] == "bfloat16"
+    assert loaded.get_config() == bf16.get_config()
+    np.testing.assert_array_equal(np.asarray(loaded(IDS)), logits)
+    step_logits, _ = loaded.step(IDS[:, 0], loaded.get_initial_state(len(IDS)))
+    np.testing.assert_allclose(np.asarray(step_logits), logits[:, 0], atol=1e-5)
+    with pytest.raises(ValueError, match="output_dtype"):
+        RNNLanguageModel(V, output_dtype="float16")

@@ -78,6 +78,9 @@ def test_presets_match_the_paper():
             "global",
             p.units,
         )
+        assert (config.jit_compile, config.output_dtype) == ("recurrence", "bfloat16")
+        builtin = TrainConfig.from_preset(name, use_builtin_layers=True)
+        assert (builtin.jit_compile, builtin.output_dtype) == (True, "float32")
 
 
 def _stateful(batch=2):
@@ -137,3 +140,55 @@ def test_stream_evaluation_equals_one_forward_pass():
     single = evaluate_perplexity(model, tf.data.Dataset.from_tensors((x, y)))
     assert windowed["tokens"] == len(stream) - 1 == single["tokens"]
     assert windowed["perplexity"] == pytest.approx(single["perplexity"], rel=1e-5)
+
+
+def _loss_and_gradients(model, jit_compile, x, y):
+    compile_language_model(model, "sgd", 1.0, None, jit_compile=jit_compile)
+
+    @tf.function(jit_compile=jit_compile is True)
+    def run(x, y):
+        with tf.GradientTape() as tape:
+            loss = model.loss(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        return loss, [tf.convert_to_tensor(g) for g in grads]
+
+    loss, grads = run(x, y)
+    return float(loss), [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrence_only_xla_matches_whole_step_xla(cell):
+    model = RNNLanguageModel(40, cell=cell, units=8, embedding_dim=8, init_scale=0.1)
+    model.build((None, None))
+    x = RNG.integers(0, 40, size=(3, 6)).astype("int32")  # some padding (id 0) in inputs
+    y = RNG.integers(0, 40, size=(3, 6)).astype("int32")
+    loss, grads = _loss_and_gradients(model, True, x, y)
+    hybrid_loss, hybrid_grads = _loss_and_gradients(model, "recurrence", x, y)
+    assert all(layer.jit_time_loop for layer in model.rnn.rnn_layers)
+    assert not model.jit_compile  # the step itself runs as a graph
+    np.testing.assert_allclose(hybrid_loss, loss, rtol=1e-5)
+    for g, h in zip(grads, hybrid_grads, strict=True):
+        np.testing.assert_allclose(h, g, rtol=1e-4, atol=1e-6)
+    compile_language_model(model, "sgd", jit_compile=True)  # switches the XLA time loops off
+    assert not any(layer.jit_time_loop for layer in model.rnn.rnn_layers)
+
+
+def test_hybrid_bfloat16_training_fits_like_float32_and_reloads(tmp_path):
+    x = RNG.integers(1, 30, size=(4, 21)).astype("int32")
+    losses = {}
+    for dtype, jit in (("float32", True), ("bfloat16", "recurrence")):
+        keras.utils.set_random_seed(3)
+        model = RNNLanguageModel(30, units=8, embedding_dim=8, init_scale=0.1, output_dtype=dtype)
+        compile_language_model(model, "sgd", 1.0, 1.0, jit_compile=jit)
+        history = model.fit(x[:, :-1], x[:, 1:], batch_size=4, epochs=5, verbose=0)
+        losses[dtype] = history.history["loss"]
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=1e-2)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.compiled and all(layer.jit_time_loop for layer in loaded.rnn.rnn_layers)
+    loaded.fit(x[:, :-1], x[:, 1:], batch_size=4, epochs=1, verbose=0)
+
+
+def test_recurrence_jit_needs_an_rnn_language_model():
+    with pytest.raises(ValueError, match="recurrence"):
+        compile_language_model(keras.Sequential([keras.layers.Dense(2)]), jit_compile="recurrence")
