@@ -25,6 +25,7 @@ Example (your own ``model.fit``):
 >>> model.fit(data, epochs=10, callbacks=[checkpoint])  # resumes at ``first_epoch``
 """
 
+import contextlib
 import json
 import os
 import tempfile
@@ -54,6 +55,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.directory = Path(directory)
         self.delete_on_success = delete_on_success
         self.restored_epoch = 0
+        self.saved_epoch = 0  # epochs completed in the checkpoint on disk
         self.history: dict[str, list[float]] = {}
 
     @property
@@ -95,7 +97,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                         f"{tuple(value.shape)}."
                     )
                 variable.assign(value)
-        self.restored_epoch = meta["epoch"]
+        self.restored_epoch = self.saved_epoch = meta["epoch"]
         self.history = meta["history"]
         self.model._initial_epoch = self.restored_epoch  # read by fit() after on_train_begin
 
@@ -113,52 +115,47 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         arrays = {f"v{i}": value for i, value in enumerate(values)}
         _atomic_savez(self.path, meta=np.asarray(json.dumps(meta)), **arrays)
+        self.saved_epoch = epoch + 1
 
     def on_train_end(self, logs=None):
-        finished = self._target_epochs is not None and self.completed_epochs() >= (
-            self._target_epochs
-        )
+        finished = self._target_epochs is not None and self.saved_epoch >= self._target_epochs
         if self.delete_on_success and finished and not self.model.stop_training:
             self.path.unlink(missing_ok=True)
             if not any(self.directory.iterdir()):
                 self.directory.rmdir()
 
 
-def _atomic_savez(path: Path, **arrays) -> None:
-    """``np.savez`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+@contextlib.contextmanager
+def _replacing(path, suffix: str):
+    """A temporary file beside ``path``, renamed over ``path`` when the block succeeds (atomic
+    on POSIX) and removed when it fails: ``path`` is never left half-written."""
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    os.close(descriptor)
     try:
-        with os.fdopen(descriptor, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
+        yield temporary
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    """``np.savez`` to ``path`` atomically, flushed to disk before the rename."""
+    with _replacing(path, ".npz") as temporary:
+        with open(temporary, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_save_model(model: keras.Model, path) -> None:
     """``model.save(path)`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".keras")
-    os.close(descriptor)
-    try:
+    with _replacing(path, ".keras") as temporary:
         model.save(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".txt")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with _replacing(path, ".txt") as temporary:
+        Path(temporary).write_text(text, encoding="utf-8")

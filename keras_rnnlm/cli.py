@@ -115,7 +115,7 @@ def _add_train_parser(subparsers):
 
 
 def _train(args):
-    from keras_rnnlm.runs import TrainConfig, train
+    from keras_rnnlm.runs import TrainConfig, TrainingDivergedError, train
 
     overrides = {
         f.name: getattr(args, f.name)
@@ -128,7 +128,11 @@ def _train(args):
         config = TrainConfig.from_preset(args.preset, **overrides)
     else:
         config = TrainConfig(**overrides)
-    metrics = train(config)
+    try:
+        metrics = train(config)
+    except TrainingDivergedError as error:
+        print(f"keras-rnnlm train: error: {error}", file=sys.stderr)
+        return 3
     print(f"\nRun written to {config.output}/")
     for split in ("train", "valid", "test"):
         if split in metrics:
@@ -301,11 +305,6 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
         print(f"keras-rnnlm {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except RuntimeError as error:
-        if type(error).__name__ != "TrainingDivergedError":
-            raise
-        print(f"keras-rnnlm {args.command}: error: {error}", file=sys.stderr)
-        return 3
 
 
 if __name__ == "__main__":

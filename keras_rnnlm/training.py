@@ -137,6 +137,7 @@ class StopOnDivergence(keras.callbacks.Callback):
         self.message = ""
 
     def on_train_begin(self, logs=None):
+        self.stopped_at = None
         if self.max_loss is None:
             vocabulary_size = getattr(self.model, "vocabulary_size", None) or 2
             self.limit = 10.0 * math.log(max(vocabulary_size, 2))

@@ -33,7 +33,6 @@ inputs = np.zeros((4, 9), np.int32)
 for row, n in enumerate(lengths):
     inputs[row, :n] = rng.integers(1, 30, n)
 targets = np.where(inputs > 0, np.roll(inputs, -1, axis=1), 0)
-targets[targets == 0] = 0
 targets[:, -1] = 0
 targets = np.where(inputs > 0, np.maximum(targets, 1), 0).astype(np.int32)
 
