@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_rnnlm import compile_language_model  # noqa: E402
+from keras_rnnlm.data.pipelines import prefetched  # noqa: E402
 from keras_rnnlm.runs import TrainConfig, build_model  # noqa: E402
 from keras_rnnlm.training import PRESETS  # noqa: E402
 
@@ -80,7 +81,8 @@ class KerasRunner:
             model, "sgd", P.keras_learning_rate, P.keras_clip_norm, jit_compile=config.jit_compile
         )
         x, y = random_stream(steps, vocab)
-        self.dataset = tf.data.Dataset.from_tensor_slices((x, y)).cache().prefetch(tf.data.AUTOTUNE)
+        # prefetched: tf.data's autotuner off, or fit() stalls at the end of some rounds
+        self.dataset = prefetched(tf.data.Dataset.from_tensor_slices((x, y)))
         self.model = model
         self.tokens = steps * P.batch_size * P.num_steps
         self.run()  # compile

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rnnlm.cells import get_cell
-from keras_rnnlm.data.pipelines import stream_batches, token_stream
+from keras_rnnlm.data.pipelines import prefetched, stream_batches, token_stream
 from keras_rnnlm.gradients import GradientNormMonitor, gradient_norms_by_distance
 from keras_rnnlm.layers import Recurrent
 from keras_rnnlm.models import RNNLanguageModel
@@ -424,7 +424,7 @@ def clipping_experiment(
     source = MarkovSource(num_symbols=10, end_probability=0.1, concentration=0.3, seed=seed)
     stream = token_stream(source.sample(num_sentences, seed=seed))
     inputs, targets = stream_batches(stream, batch_size, num_steps)
-    dataset = tf.data.Dataset.from_tensor_slices((inputs, targets))
+    dataset = prefetched(tf.data.Dataset.from_tensor_slices((inputs, targets)))
     keras.utils.set_random_seed(seed)
     base = RNNLanguageModel(
         source.vocabulary_size,

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from keras_rnnlm.data.pipelines import prefetched
 from keras_rnnlm.data.vocabulary import Vocabulary, tokenize
 
 SEGMENTATION_TAGS = ("<pad>", "IN", "END")
@@ -298,7 +299,7 @@ def tagging_dataset(
     dataset = tf.data.Dataset.from_tensor_slices((x[keep], y[keep]))
     if shuffle:
         dataset = dataset.shuffle(int(keep.sum()), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return prefetched(dataset.batch(batch_size))
 
 
 def classification_dataset(
@@ -311,7 +312,7 @@ def classification_dataset(
     dataset = tf.data.Dataset.from_tensor_slices((x, np.asarray(labels, np.int32)))
     if shuffle:
         dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return prefetched(dataset.batch(batch_size))
 
 
 # --- CoNLL-2003 and IMDB ----------------------------------------------------------------------

@@ -22,6 +22,24 @@ import tensorflow as tf
 
 from keras_rnnlm.data.vocabulary import BOS_ID, EOS_ID
 
+PREFETCH_BATCHES = 2  # batches prepared ahead of the model (the pipelines are cheap)
+
+
+def prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset.prefetch(PREFETCH_BATCHES)`` with tf.data's autotuner switched off.
+
+    Why off: the autotuner's thread wakes after 10, 20, 40, ... ms (period capped at 60 s), and
+    deleting an iterator, which ``model.fit`` does after every epoch and every validation
+    pass, can block until that thread's next wake-up. Measured here
+    (``python benchmarks/data_pipeline_stall.py``, 50-batch epochs of about 1.4 s): with the
+    autotuner 5 of 10 epochs stalled about 1.1 s, ending at 2.55 s = 10 x (2**8 - 1) ms after
+    the iterator was created; with these options 0 of 10. A stall can reach the 60 s period on
+    long epochs. These pipelines (slices of in-memory arrays, padding) have nothing to tune.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(options)
+
 
 def encode_corpus(vocabulary, sentences: Sequence[str]) -> list[list[int]]:
     """Encode text lines into id lists; empty lines are dropped."""
@@ -108,7 +126,7 @@ def sentence_dataset(
             f"smaller max_length (longer sentences are then split)."
         )
     dataset = _pad_in_buckets(dataset, batch_size, bucket_boundaries, drop_remainder)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return prefetched(dataset)
 
 
 def sentence_epochs(
@@ -149,7 +167,7 @@ def sentence_epochs(
     first_batch = first_epoch * steps
     first_pass, skip = divmod(first_batch, batches_per_pass)
     dataset = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass).skip(skip)
-    return dataset.prefetch(tf.data.AUTOTUNE), steps
+    return prefetched(dataset), steps
 
 
 def _windows_and_lengths(sentences, batch_size, max_length, start_id):
@@ -164,7 +182,7 @@ def _windows_and_lengths(sentences, batch_size, max_length, start_id):
 
 def _pad_in_buckets(dataset, batch_size, bucket_boundaries, drop_remainder):
     """``seq -> (seq[:-1], seq[1:])``, batched by length bucket, padded to the boundary."""
-    dataset = dataset.map(lambda seq: (seq[:-1], seq[1:]), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda seq: (seq[:-1], seq[1:]))
     bucket_boundaries = list(bucket_boundaries)
     return dataset.bucket_by_sequence_length(
         element_length_func=lambda x, y: tf.shape(x)[0],
@@ -213,4 +231,4 @@ def stream_dataset(
 ) -> tf.data.Dataset:
     """TBPTT batches in order (never shuffled), static shape ``(batch_size, num_steps)``."""
     inputs, targets = stream_batches(token_stream(sentences), batch_size, num_steps)
-    return tf.data.Dataset.from_tensor_slices((inputs, targets)).prefetch(tf.data.AUTOTUNE)
+    return prefetched(tf.data.Dataset.from_tensor_slices((inputs, targets)))
