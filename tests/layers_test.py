@@ -3,8 +3,9 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from keras_rnnlm.cells import GRUCell, LSTMCell
+from keras_rnnlm.cells import GRUCell, LSTMCell, SimpleRNNCell
 from keras_rnnlm.layers import Bidirectional, Recurrent, StackedRecurrent, reverse_padded
 
 LENGTHS = [6, 4, 1]
@@ -107,3 +108,76 @@ def test_stateful_needs_fixed_batch():
     layer = Recurrent(LSTMCell(3), stateful=True)
     with pytest.raises(ValueError, match="fixed batch size"):
         layer.build((None, 5, 2))
+
+
+def _loss_and_gradients(cell, jit_time_loop, masked, go_backwards, return_sequences, dtype):
+    keras.utils.set_random_seed(1)
+    layer = Recurrent(
+        cell(4, dtype=dtype),
+        return_sequences=return_sequences,
+        return_state=True,
+        go_backwards=go_backwards,
+        dtype=dtype,
+    )
+    x = tf.constant(X, dtype)
+    layer.build(x.shape)
+    layer.jit_time_loop = jit_time_loop
+    initial = [
+        tf.constant(np.random.default_rng(i).normal(size=(3, 4)), dtype)
+        for i, _ in enumerate(layer.state_sizes)
+    ]
+    weights = tf.constant(np.random.default_rng(9).normal(size=(3, 6, 4)), dtype)
+
+    def loss_fn():
+        output, *states = layer(x, mask=MASK if masked else None, initial_state=initial)
+        if return_sequences:
+            loss = tf.reduce_sum(output * weights)
+        else:
+            loss = tf.reduce_sum(output * weights[:, 0])
+        return loss + sum(tf.reduce_sum(s * s) for s in states)
+
+    with tf.GradientTape() as tape:
+        tape.watch([x, *initial])
+        loss = loss_fn()
+    grads = tape.gradient(loss, [x, *initial, *layer.trainable_weights])
+    return layer, loss_fn, float(loss), [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("cell", [SimpleRNNCell, LSTMCell, GRUCell])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_compiled_time_loop_gradients_equal_the_graph_loop(
+    cell, masked, go_backwards, return_sequences
+):
+    # the compiled loop (hand-written backward for SimpleRNN/LSTM, recomputed forward for GRU)
+    # against TensorFlow's automatic differentiation of the plain while loop: inputs, initial
+    # states, all weights; padded rows, last-output and final-state gradients included
+    args = (masked, go_backwards, return_sequences, "float32")
+    _, _, loss, grads = _loss_and_gradients(cell, False, *args)
+    layer, _, compiled_loss, compiled_grads = _loss_and_gradients(cell, True, *args)
+    assert hasattr(layer.cell, "step_backward") == (cell is not GRUCell)
+    np.testing.assert_allclose(compiled_loss, loss, rtol=1e-5)
+    for ours, reference in zip(compiled_grads, grads, strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", [SimpleRNNCell, LSTMCell])
+def test_hand_written_backward_matches_finite_differences(cell):
+    # float64, entries of recurrent_kernel across all gate blocks perturbed by +-1e-6
+    layer, loss_fn, _, grads = _loss_and_gradients(cell, True, True, False, True, "float64")
+    kernel = layer.cell.recurrent_kernel
+    analytic = grads[-2 if layer.cell.use_bias else -1]  # trainable: kernel, recurrent, bias
+    assert analytic.shape == tuple(kernel.shape)
+    original = kernel.numpy()
+    width = kernel.shape[1]
+    for index in [(0, 0), (1, width // 3), (3, width // 2), (2, width - 1)]:
+        values = []
+        for sign in (1, -1):
+            perturbed = original.copy()
+            perturbed[index] += sign * 1e-6
+            kernel.assign(perturbed)
+            values.append(float(loss_fn()))
+        kernel.assign(original)
+        numeric = (values[0] - values[1]) / 2e-6
+        assert numeric == pytest.approx(analytic[index], rel=1e-5, abs=1e-7)

@@ -4,6 +4,7 @@ import collections
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_rnnlm.data.pipelines import (
     sentence_dataset,
@@ -107,3 +108,24 @@ def test_stream_vocabulary_starts_sentences_with_eos(tmp_path):
     assert windows[0].tolist() == [EOS_ID, 5, 6, EOS_ID]
     with pytest.raises(ValueError, match="sentence_start"):
         Vocabulary(["a"], sentence_start="<s>")
+
+
+def test_pipelines_switch_the_tf_data_autotuner_off():
+    # with the autotuner on, deleting an iterator at the end of a fit() epoch can stall until
+    # its thread's next wake-up (benchmarks/data_pipeline_stall.py); every pipeline opts out
+    from keras_rnnlm.data.labelled import classification_dataset, tagging_dataset
+    from keras_rnnlm.data.pipelines import PREFETCH_BATCHES, sentence_epochs
+
+    assert tf.data.Dataset.range(3).prefetch(1).options().autotune.enabled is not False
+    rows = [[5, 6, 7], [8, 9]]
+    datasets = [
+        sentence_dataset(SENTENCES, batch_size=8),
+        sentence_epochs(SENTENCES, batch_size=8)[0],
+        stream_dataset(SENTENCES, batch_size=4, num_steps=5),
+        tagging_dataset(rows, [[1, 2, 1], [2, 1]], batch_size=2),
+        classification_dataset(rows, [0, 1], batch_size=2),
+    ]
+    for dataset in datasets:
+        assert dataset.options().autotune.enabled is False
+        assert next(iter(dataset))[0].shape[0] > 0  # still yields batches
+    assert PREFETCH_BATCHES >= 1
