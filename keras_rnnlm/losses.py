@@ -10,6 +10,14 @@ _PACKAGE = "keras_rnnlm"
 
 
 @tf.function(jit_compile=True)
+def _xla_xent(targets, logits):
+    logits = tf.cast(logits, tf.float32)
+    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+    log_total = tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=-1))
+    return log_total - tf.gather(shifted, targets, batch_dims=len(targets.shape))
+
+
+@tf.function(jit_compile=True)
 def _xla_xent_and_grad(targets, logits):
     logits = tf.cast(logits, tf.float32)
     shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
@@ -35,7 +43,7 @@ def _xla_sparse_softmax_cross_entropy(targets, logits):
     return nll, backward
 
 
-def sparse_softmax_cross_entropy(targets, logits, jit_compile=False):
+def sparse_softmax_cross_entropy(targets, logits, jit_compile=False, differentiable=True):
     """``-log softmax(logits)[target]`` per position, without materialising probabilities.
 
     ``jit_compile=False`` uses TensorFlow's fused op. ``jit_compile=True`` runs the same
@@ -44,14 +52,17 @@ def sparse_softmax_cross_entropy(targets, logits, jit_compile=False):
     vectorised one, so a train step that is *not* XLA-compiled as a whole
     (``compile_language_model(jit_compile="recurrence")``) should use this. Inside an
     XLA-compiled step both are compiled anyway. One XLA compilation per input shape.
+    ``differentiable=False`` (metrics): with ``jit_compile``, skip computing the gradient.
     """
     targets = ops.cast(targets, "int32")
     if not jit_compile:
         return ops.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+    if not differentiable:
+        return _xla_xent(targets, logits)
     return _xla_sparse_softmax_cross_entropy(targets, logits)
 
 
-def token_nll(targets, logits, jit_compile=False):
+def token_nll(targets, logits, jit_compile=False, differentiable=True):
     """Per-token negative log-likelihood ``(batch, time)`` and the real-token mask.
 
     Uses a fused sparse softmax cross-entropy (no ``(batch, time, vocab)`` probabilities
@@ -59,7 +70,7 @@ def token_nll(targets, logits, jit_compile=False):
     padding: its NLL is returned as 0 and its mask as 0.
     """
     targets = ops.cast(targets, "int32")
-    nll = sparse_softmax_cross_entropy(targets, logits, jit_compile=jit_compile)
+    nll = sparse_softmax_cross_entropy(targets, logits, jit_compile, differentiable)
     mask = ops.cast(ops.not_equal(targets, 0), nll.dtype)
     return nll * mask, mask
 

@@ -39,7 +39,8 @@ class Perplexity(keras.metrics.Metric):
         )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        nll, mask = token_nll(y_true, y_pred, self.jit_compile)
+        # a metric is never differentiated: no gradient computed alongside the NLL
+        nll, mask = token_nll(y_true, y_pred, self.jit_compile, differentiable=False)
         if sample_weight is not None:
             weight = ops.cast(sample_weight, mask.dtype)
             weight = weight[:, None] if len(weight.shape) == 1 else weight

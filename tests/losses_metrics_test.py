@@ -4,6 +4,7 @@ import math
 
 import keras
 import numpy as np
+import pytest
 
 from keras_rnnlm.losses import MaskedLanguageModelLoss
 from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
@@ -65,3 +66,36 @@ def test_metric_and_loss_serialize():
     for obj in (Perplexity(), MaskedLanguageModelLoss()):
         clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
         assert type(clone) is type(obj)
+
+
+def test_xla_cross_entropy_paths_match_hand_computation():
+    # the hybrid step's XLA cross-entropy: the loss (NLL + gradient softmax - one_hot in one
+    # pass) and the metric (NLL only) against numpy
+    import tensorflow as tf
+
+    from keras_rnnlm.losses import sparse_softmax_cross_entropy
+
+    targets = np.array([[3, 4, 0, 1], [5, 2, 0, 0]])
+    logits = tf.constant(RNG.normal(size=(2, 4, 6)).astype("float32") * 3)
+    expected = -np.take_along_axis(
+        _log_softmax(logits.numpy().astype(np.float64)), targets[..., None], -1
+    )[..., 0]
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        nll = sparse_softmax_cross_entropy(targets, logits, jit_compile=True)
+        total = tf.reduce_sum(nll * np.arange(8).reshape(2, 4))
+    np.testing.assert_allclose(nll, expected, rtol=1e-5, atol=1e-6)
+    nll_only = sparse_softmax_cross_entropy(targets, logits, jit_compile=True, differentiable=False)
+    np.testing.assert_allclose(nll_only, expected, rtol=1e-5, atol=1e-6)
+    probabilities = np.exp(-_hand_nll_all(logits.numpy()))
+    one_hot = np.eye(6)[targets]
+    expected_grad = (probabilities - one_hot) * np.arange(8).reshape(2, 4, 1)
+    np.testing.assert_allclose(tape.gradient(total, logits), expected_grad, atol=1e-5)
+    metric = Perplexity(jit_compile=True)
+    metric.update_state(targets, logits)
+    exact = math.exp(np.mean(_hand_nll(targets, logits.numpy())))
+    assert float(metric.result()) == pytest.approx(exact, rel=1e-5)
+
+
+def _hand_nll_all(logits):
+    return -_log_softmax(logits.astype(np.float64))
