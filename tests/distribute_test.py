@@ -92,6 +92,58 @@ def test_clipping_unchanged_on_one_device():
     np.testing.assert_allclose(variables[1].numpy(), [-1.2], atol=1e-6)
 
 
+@pytest.mark.parametrize("clip_norm", [None, 0.5, 100.0])
+def test_fused_sgd_equals_keras_sgd_with_sparse_duplicate_rows(clip_norm):
+    # our one-device SGD (clip factor folded into the learning rate, sparse rows kept sparse)
+    # against keras.optimizers.SGD on the densified gradients: an embedding-like IndexedSlices
+    # gradient whose row 1 appears twice (its norm counts the summed row), and dense ones
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(5, 3)), rng.normal(size=(3, 2)), rng.normal(size=(2,))]
+    sparse = tf.IndexedSlices(
+        tf.constant(rng.normal(size=(3, 3)), tf.float32),
+        tf.constant([1, 4, 1]),
+        tf.constant([5, 3]),
+    )
+    grads = [sparse, tf.constant(rng.normal(size=(3, 2)), tf.float32), tf.constant([2.0, -1.0])]
+    dense_grads = [tf.convert_to_tensor(sparse), *grads[1:]]  # the truth: rows summed
+    results = []
+    for cls, given in ((SGD, grads), (keras.optimizers.SGD, dense_grads)):
+        variables = [keras.Variable(v.astype("float32")) for v in start]
+        optimizer = cls(learning_rate=0.7, global_clipnorm=clip_norm)
+        optimizer.apply(given, variables)
+        optimizer.apply(given, variables)  # twice: the second call runs the built optimizer
+        results.append([v.numpy() for v in variables])
+    for ours, keras_result in zip(*results, strict=True):
+        np.testing.assert_allclose(ours, keras_result, rtol=1e-6, atol=1e-6)
+    untouched = [0, 2, 3]  # rows without gradient keep their values exactly
+    np.testing.assert_array_equal(results[0][0][untouched], start[0][untouched].astype("float32"))
+
+
+def test_global_norm_counts_duplicate_rows_once_unlike_keras():
+    from keras.src.optimizers.base_optimizer import global_norm
+
+    from keras_rnnlm.distribute import _sum_duplicate_rows, global_clip_scale
+
+    sparse = tf.IndexedSlices(tf.constant([[3.0, 0.0], [0.0, 4.0]]), tf.constant([2, 2]), [4, 2])
+    dense_norm = float(tf.norm(tf.convert_to_tensor(sparse)))  # row 2 = [3, 4]: norm 5
+    assert dense_norm == 5.0
+    assert float(global_clip_scale([_sum_duplicate_rows(sparse)], 1.0)) == pytest.approx(0.2)
+    assert float(global_norm([sparse])) == pytest.approx(5.0)  # squares 9 + 16 either way...
+    overlapping = tf.IndexedSlices(
+        tf.constant([[3.0, 4.0], [3.0, 4.0]]), tf.constant([1, 1]), [4, 2]
+    )
+    # ...but when duplicate rows overlap, the dense row is [6, 8] (norm 10), Keras says 7.07
+    assert float(global_norm([overlapping])) == pytest.approx(50**0.5)
+    assert float(global_clip_scale([_sum_duplicate_rows(overlapping)], 1.0)) == pytest.approx(0.1)
+
+
+def test_fused_sgd_turns_weights_nan_on_a_non_finite_gradient():
+    # as Keras does: a NaN/inf norm makes the clip factor NaN (StopOnDivergence then stops)
+    variables = [keras.Variable([1.0, 2.0])]
+    SGD(learning_rate=0.1, global_clipnorm=1.0).apply([tf.constant([np.inf, 1.0])], variables)
+    assert np.isnan(variables[0].numpy()).all()
+
+
 def test_per_variable_clipping_still_per_variable():
     grads = [tf.constant([3.0, 4.0]), tf.constant([12.0])]
     variables = [keras.Variable([0.0, 0.0]), keras.Variable([0.0])]
