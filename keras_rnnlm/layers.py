@@ -98,8 +98,11 @@ class Recurrent(keras.layers.Layer):
 
     #: Run the time loop as its own XLA-compiled function (forward and gradient) even when the
     #: surrounding computation is not XLA-compiled: ``compile_language_model(...,
-    #: jit_compile="recurrence")`` sets it. A runtime switch, not part of the config. One XLA
-    #: compilation per input shape.
+    #: jit_compile="recurrence")`` sets it. Cells with a hand-written step gradient
+    #: (``SimpleRNNCell``, ``LSTMCell``) save their gate activations in the forward computation
+    #: and run an explicit backward-through-time loop (``_explicit_time_loop``); other cells
+    #: recompute the forward inside the compiled gradient (``_compiled_time_loop``). A runtime
+    #: switch, not part of the config. One XLA compilation per input shape.
     jit_time_loop = False
 
     @property
@@ -514,144 +517,6 @@ class Bidirectional(keras.layers.Layer):
         if self.merge_mode == "mul":
             return a * b
         return (a + b) / 2.0
-
-    def _explicit_xla_functions(self):
-        """Forward saving per-step residuals, and a hand-written backward, both XLA-compiled.
-
-        For cells with ``step_with_residuals``/``step_backward`` (see ``keras_rnnlm.cells``).
-        Tensors are time-major: ``(time, batch, ...)``.
-        """
-        functions = self.__dict__.get("_xla_explicit_functions")
-        if functions is not None:
-            return functions
-        cell = self.cell
-
-        def forward(projected, mask, states, recurrent_kernel, has_mask):
-            num_steps = projected.shape[0]
-            xs = tf.TensorArray(projected.dtype, size=num_steps).unstack(projected)
-            if has_mask:
-                masks = tf.TensorArray(tf.bool, size=num_steps).unstack(mask[:, :, None])
-            ys = tf.TensorArray(projected.dtype, size=num_steps)
-            residuals = tf.TensorArray(projected.dtype, size=num_steps)
-            inputs = [tf.TensorArray(s.dtype, size=num_steps) for s in states]  # states_{t-1}
-            last = tf.zeros_like(states[0])
-
-            def body(t, states, last, ys, residuals, inputs):
-                inputs = [ta.write(t, s) for ta, s in zip(inputs, states)]
-                new_states, residual = cell.step_with_residuals(
-                    xs.read(t), states, recurrent_kernel
-                )
-                output = new_states[0]
-                if has_mask:
-                    m = masks.read(t)  # (batch, 1)
-                    new_states = [tf.where(m, new, old) for new, old in zip(new_states, states)]
-                    output = tf.where(m, output, tf.zeros_like(output))
-                    last = tf.where(m, output, last)
-                else:
-                    last = output
-                return (
-                    t + 1,
-                    new_states,
-                    last,
-                    ys.write(t, output),
-                    residuals.write(t, residual),
-                    inputs,
-                )
-
-            _, states, last, ys, residuals, inputs = tf.while_loop(
-                lambda t, *_: t < num_steps,
-                body,
-                (tf.constant(0), list(states), last, ys, residuals, inputs),
-                maximum_iterations=num_steps,
-            )
-            saved = [residuals.stack()] + [ta.stack() for ta in inputs]
-            return ys.stack(), last, states, saved
-
-        def backward(mask, recurrent_kernel, saved, d_outputs, d_last, d_states, has_mask):
-            residuals, inputs = saved[0], saved[1:]
-            num_steps = residuals.shape[0]
-            d_zs = tf.TensorArray(residuals.dtype, size=num_steps)
-
-            def body(t, d_states, d_last, d_zs):
-                step = num_steps - 1 - t
-                d_new = list(d_states)
-                d_new[0] = d_new[0] + d_outputs[step] + d_last  # h_t is the output
-                if has_mask:
-                    m = mask[step][:, None]
-                    d_new = [tf.where(m, d, tf.zeros_like(d)) for d in d_new]
-                states = [s[step] for s in inputs]
-                d_z, d_prev = cell.step_backward(residuals[step], states, recurrent_kernel, d_new)
-                if has_mask:  # a masked step passed its states through unchanged
-                    d_prev = [tf.where(m, p, d) for p, d in zip(d_prev, d_states)]
-                    d_last = tf.where(m, tf.zeros_like(d_last), d_last)
-                else:
-                    d_last = tf.zeros_like(d_last)
-                return t + 1, d_prev, d_last, d_zs.write(step, d_z)
-
-            _, d_states, _, d_zs = tf.while_loop(
-                lambda t, *_: t < num_steps,
-                body,
-                (tf.constant(0), list(d_states), d_last, d_zs),
-                maximum_iterations=num_steps,
-            )
-            return d_zs.stack(), d_states
-
-        functions = (
-            tf.function(forward, jit_compile=True),
-            tf.function(backward, jit_compile=True),
-        )
-        object.__setattr__(self, "_xla_explicit_functions", functions)  # untracked
-        return functions
-
-    def _explicit_time_loop(self, projected, mask, states):
-        """``_time_loop`` as one XLA computation with a hand-written gradient (``jit_time_loop``).
-
-        The forward computation also returns what the backward pass needs (per-step gate
-        activations and input states), so nothing is recomputed; the gradient of
-        ``recurrent_kernel`` is one ``(units, time * batch) @ (time * batch, gates * units)``
-        product outside the loop.
-        """
-        forward, backward = self._explicit_xla_functions()
-        has_mask = mask is not None
-        mask_tm = (
-            tf.transpose(tf.cast(mask, tf.bool), [1, 0]) if has_mask else tf.zeros((), tf.bool)
-        )
-        recurrent_kernel = tf.convert_to_tensor(self.cell.recurrent_kernel)
-
-        @tf.custom_gradient
-        def loop(projected, recurrent_kernel, *states):
-            projected_tm = tf.transpose(projected, [1, 0, 2])  # (time, batch, gates * units)
-            # stop_gradient: a tape must not try to differentiate the XLA function itself
-            # (its while loop's TensorLists cannot leave it); `grad` below is the gradient
-            outputs, last, final, saved = forward(
-                *tf.nest.map_structure(
-                    tf.stop_gradient, (projected_tm, mask_tm, list(states), recurrent_kernel)
-                ),
-                has_mask,
-            )
-            results = [tf.transpose(outputs, [1, 0, 2]), last, *final]  # (batch, time, units)
-
-            def grad(*upstream):
-                upstream = [tf.zeros_like(r) if u is None else u for u, r in zip(upstream, results)]
-                d_outputs, d_last, d_final = upstream[0], upstream[1], upstream[2:]
-                d_z, d_states = backward(
-                    mask_tm,
-                    recurrent_kernel,
-                    saved,
-                    tf.transpose(d_outputs, [1, 0, 2]),
-                    d_last,
-                    list(d_final),
-                    has_mask,
-                )
-                units = recurrent_kernel.shape[0]
-                h_prev = tf.reshape(saved[1], [-1, units])  # (time * batch, units)
-                d_kernel = tf.matmul(h_prev, tf.reshape(d_z, [-1, d_z.shape[-1]]), transpose_a=True)
-                return [tf.transpose(d_z, [1, 0, 2]), d_kernel, *d_states]
-
-            return results, grad
-
-        outputs, last, *final = loop(projected, recurrent_kernel, *states)
-        return outputs, last, list(final)
 
     def compute_mask(self, inputs, mask=None):
         output_mask = mask if self.return_sequences else None
