@@ -119,3 +119,33 @@ def test_bfloat16_output_layer_close_to_float32_and_round_trips(tie, tmp_path):
     np.testing.assert_allclose(np.asarray(step_logits), logits[:, 0], atol=1e-5)
     with pytest.raises(ValueError, match="output_dtype"):
         RNNLanguageModel(V, output_dtype="float16")
+
+
+def test_low_precision_dense_gradients_equal_autodiff_of_the_same_formula():
+    # the hand-written gradient (fused bias sum and cast) against TensorFlow's automatic
+    # differentiation of cast -> matmul -> cast -> add, and the float32 layer within bf16 error
+    import tensorflow as tf
+
+    from keras_rnnlm.models import low_precision_dense
+
+    rng = np.random.default_rng(0)
+    inputs = tf.constant(rng.normal(size=(12, 8)), tf.float32)
+    kernel = tf.constant(rng.normal(size=(8, 40)) * 0.3, tf.float32)
+    bias = tf.constant(rng.normal(size=(40,)), tf.float32)
+    upstream = tf.constant(rng.normal(size=(12, 40)), tf.float32)
+
+    def reference(x, w, b):
+        product = tf.matmul(tf.cast(x, tf.bfloat16), tf.cast(w, tf.bfloat16))
+        return tf.cast(product, tf.float32) + b
+
+    results = []
+    for fn in (lambda x, w, b: low_precision_dense(x, w, b, tf.bfloat16), reference):
+        with tf.GradientTape() as tape:
+            tape.watch([inputs, kernel, bias])
+            logits = fn(inputs, kernel, bias)
+            loss = tf.reduce_sum(logits * upstream)
+        results.append([logits, *tape.gradient(loss, [inputs, kernel, bias])])
+    for ours, theirs in zip(*results, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(results[0][0], inputs @ kernel + bias, atol=0.05)
+    np.testing.assert_allclose(results[0][2], tf.transpose(inputs) @ upstream, rtol=0.02, atol=0.05)
