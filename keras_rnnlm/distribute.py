@@ -124,7 +124,8 @@ def global_clip_scale(grads, clip_norm):
     """``min(1, clip_norm / ||grads||)`` over all gradients (``IndexedSlices`` must have no
     duplicate rows: ``_sum_duplicate_rows``); NaN when the norm is not finite, as in Keras."""
     values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
-    norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in values]))
+    flat = [tf.reshape(tf.cast(v, tf.float32), [-1]) for v in values]
+    norm = tf.sqrt(tf.add_n([tf.tensordot(v, v, 1) for v in flat]))  # one pass per gradient
     return clip_norm * tf.minimum(1.0 / norm, 1.0 / clip_norm) + (norm - norm)
 
 
@@ -148,7 +149,12 @@ class SGD(ClipAfterCrossReplicaSum, keras.optimizers.SGD):
         if self.global_clipnorm:
             step = step * global_clip_scale(grads, self.global_clipnorm)
         for grad, variable in zip(grads, trainable_variables, strict=True):
-            self.assign_sub(variable, _scaled(grad, step))
+            if isinstance(grad, tf.IndexedSlices):
+                self.assign_sub(variable, _scaled(grad, step))  # only the rows present
+            else:  # w -= step * g in one kernel
+                tf.raw_ops.ResourceApplyGradientDescent(
+                    var=variable.value.handle, alpha=tf.cast(step, variable.dtype), delta=grad
+                )
 
 
 @keras.saving.register_keras_serializable(package="keras_rnnlm")

@@ -269,7 +269,10 @@ class Recurrent(keras.layers.Layer):
         """Forward saving per-step residuals, and a hand-written backward, both XLA-compiled.
 
         For cells with ``step_with_residuals``/``step_backward`` (see ``keras_rnnlm.cells``).
-        Tensors are time-major: ``(time, batch, ...)``.
+        Inputs and outputs are batch-major like the layer's; the transposes to and from the
+        loop's time-major order happen inside the compiled computations (fused there, instead
+        of separate transpose kernels), as does the saved ``h_{t-1}`` copy in batch-major order
+        for the ``recurrent_kernel`` gradient.
         """
         functions = self.__dict__.get("_xla_explicit_functions")
         if functions is not None:
@@ -277,10 +280,12 @@ class Recurrent(keras.layers.Layer):
         cell = self.cell
 
         def forward(projected, mask, states, recurrent_kernel, has_mask):
+            projected = tf.transpose(projected, [1, 0, 2])  # (time, batch, gates * units)
             num_steps = projected.shape[0]
             xs = tf.TensorArray(projected.dtype, size=num_steps).unstack(projected)
             if has_mask:
-                masks = tf.TensorArray(tf.bool, size=num_steps).unstack(mask[:, :, None])
+                mask = tf.transpose(mask, [1, 0])[:, :, None]  # (time, batch, 1)
+                masks = tf.TensorArray(tf.bool, size=num_steps).unstack(mask)
             ys = tf.TensorArray(projected.dtype, size=num_steps)
             residuals = tf.TensorArray(projected.dtype, size=num_steps)
             inputs = [tf.TensorArray(s.dtype, size=num_steps) for s in states]  # states_{t-1}
@@ -314,12 +319,17 @@ class Recurrent(keras.layers.Layer):
                 (tf.constant(0), list(states), last, ys, residuals, inputs),
                 maximum_iterations=num_steps,
             )
-            saved = [residuals.stack()] + [ta.stack() for ta in inputs]
-            return ys.stack(), last, states, saved
+            inputs = [ta.stack() for ta in inputs]
+            h_prev = tf.transpose(inputs[0], [1, 0, 2])  # (batch, time, units)
+            saved = [residuals.stack(), h_prev, *inputs]
+            return tf.transpose(ys.stack(), [1, 0, 2]), last, states, saved
 
         def backward(mask, recurrent_kernel, saved, d_outputs, d_last, d_states, has_mask):
-            residuals, inputs = saved[0], saved[1:]
+            residuals, inputs = saved[0], saved[2:]
             num_steps = residuals.shape[0]
+            d_outputs = tf.transpose(d_outputs, [1, 0, 2])  # (time, batch, units)
+            if has_mask:
+                mask = tf.transpose(mask, [1, 0])  # (time, batch)
             d_zs = tf.TensorArray(residuals.dtype, size=num_steps)
 
             def body(t, d_states, d_last, d_zs):
@@ -344,7 +354,7 @@ class Recurrent(keras.layers.Layer):
                 (tf.constant(0), list(d_states), d_last, d_zs),
                 maximum_iterations=num_steps,
             )
-            return d_zs.stack(), d_states
+            return tf.transpose(d_zs.stack(), [1, 0, 2]), d_states  # (batch, time, ...)
 
         functions = (
             tf.function(forward, jit_compile=True),
@@ -363,40 +373,31 @@ class Recurrent(keras.layers.Layer):
         """
         forward, backward = self._explicit_xla_functions()
         has_mask = mask is not None
-        mask_tm = (
-            tf.transpose(tf.cast(mask, tf.bool), [1, 0]) if has_mask else tf.zeros((), tf.bool)
-        )
+        mask = tf.cast(mask, tf.bool) if has_mask else tf.zeros((), tf.bool)
         recurrent_kernel = tf.convert_to_tensor(self.cell.recurrent_kernel)
 
         @tf.custom_gradient
         def loop(projected, recurrent_kernel, *states):
-            projected_tm = tf.transpose(projected, [1, 0, 2])  # (time, batch, gates * units)
             # stop_gradient: a tape must not try to differentiate the XLA function itself
             # (its while loop's TensorLists cannot leave it); `grad` below is the gradient
             outputs, last, final, saved = forward(
                 *tf.nest.map_structure(
-                    tf.stop_gradient, (projected_tm, mask_tm, list(states), recurrent_kernel)
+                    tf.stop_gradient, (projected, mask, list(states), recurrent_kernel)
                 ),
                 has_mask,
             )
-            results = [tf.transpose(outputs, [1, 0, 2]), last, *final]  # (batch, time, units)
+            results = [outputs, last, *final]  # outputs: (batch, time, units)
 
             def grad(*upstream):
                 upstream = [tf.zeros_like(r) if u is None else u for u, r in zip(upstream, results)]
                 d_outputs, d_last, d_final = upstream[0], upstream[1], upstream[2:]
                 d_z, d_states = backward(
-                    mask_tm,
-                    recurrent_kernel,
-                    saved,
-                    tf.transpose(d_outputs, [1, 0, 2]),
-                    d_last,
-                    list(d_final),
-                    has_mask,
-                )
+                    mask, recurrent_kernel, saved, d_outputs, d_last, list(d_final), has_mask
+                )  # d_z: (batch, time, gates * units), the gradient of `projected`
                 units = recurrent_kernel.shape[0]
-                h_prev = tf.reshape(saved[1], [-1, units])  # (time * batch, units)
+                h_prev = tf.reshape(saved[1], [-1, units])  # (batch * time, units)
                 d_kernel = tf.matmul(h_prev, tf.reshape(d_z, [-1, d_z.shape[-1]]), transpose_a=True)
-                return [tf.transpose(d_z, [1, 0, 2]), d_kernel, *d_states]
+                return [d_z, d_kernel, *d_states]
 
             return results, grad
 
