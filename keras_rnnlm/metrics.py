@@ -48,6 +48,12 @@ class Perplexity(keras.metrics.Metric):
         self.total_nll.assign_add(ops.cast(ops.sum(nll), "float64"))
         self.total_tokens.assign_add(ops.cast(ops.sum(mask), "float64"))
 
+    def update_from_totals(self, nll_sum, num_tokens):
+        """Add a batch given as its summed NLL and its number of real tokens (for a train step
+        that computes them anyway, e.g. ``losses.output_layer_cross_entropy``)."""
+        self.total_nll.assign_add(ops.cast(nll_sum, "float64"))
+        self.total_tokens.assign_add(ops.cast(num_tokens, "float64"))
+
     def mean_nll(self):
         return ops.divide_no_nan(self.total_nll, self.total_tokens)
 

@@ -7,6 +7,8 @@ from keras import ops
 
 from keras_rnnlm.cells import CELLS
 from keras_rnnlm.layers import Recurrent, StackedRecurrent
+from keras_rnnlm.losses import MaskedLanguageModelLoss, output_layer_cross_entropy
+from keras_rnnlm.metrics import Perplexity
 
 _PACKAGE = "keras_rnnlm"
 OUTPUT_DTYPES = ("float32", "bfloat16")
@@ -196,6 +198,13 @@ class RNNLanguageModel(keras.Model):
         """Zero states: for every layer, a list of ``(batch_size, units)`` tensors."""
         return [[ops.zeros((batch_size, s)) for s in sizes] for sizes in self.state_sizes]
 
+    def output_weights(self):
+        """``(kernel, bias)`` of the output layer: ``(units, vocabulary)``, ``(vocabulary,)``
+        (the transposed embedding matrix as kernel when ``tie_embeddings``)."""
+        if self.tie_embeddings:
+            return ops.transpose(self.embedding.embeddings), self.output_bias
+        return self.output_layer.kernel, self.output_layer.bias
+
     def logits_from_hidden(self, hidden):
         """Output layer: ``(..., units) -> (..., vocabulary_size)`` float32 logits."""
         if self.tie_embeddings:
@@ -217,13 +226,17 @@ class RNNLanguageModel(keras.Model):
         Padded positions (id 0) leave the states unchanged, so the final states of a
         right-padded batch are each row's states after its last real token.
         """
+        hidden, states = self.hidden_states(token_ids, initial_state, training)
+        return self.logits_from_hidden(hidden), states  # (batch, time, vocabulary_size)
+
+    def hidden_states(self, token_ids, initial_state=None, training=False):
+        """The last recurrent layer's outputs ``(batch, time, units)`` and the final states."""
         check_token_ids(token_ids, self.vocabulary_size, rank=2)
         if not self.built:
             self.build(tuple(token_ids.shape))
         mask = ops.not_equal(token_ids, 0)  # (batch, time)
         x = self.embedding(token_ids)  # (batch, time, embedding_dim)
-        hidden, states = self.rnn(x, mask=mask, initial_state=initial_state, training=training)
-        return self.logits_from_hidden(hidden), states  # (batch, time, vocabulary_size)
+        return self.rnn(x, mask=mask, initial_state=initial_state, training=training)
 
     def step(self, token_ids, states):
         """One decoding step: logits ``(batch, vocabulary_size)`` for the next token and the new
@@ -274,16 +287,68 @@ class RNNLanguageModel(keras.Model):
             variable.assign(trained[variable.path])
         return copy
 
-    def compile(self, *args, jit_compile="auto", **kwargs):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, jit_compile="auto", **kwargs):
         """``keras.Model.compile``; ``jit_compile`` also accepts ``"recurrence"`` (see the class
-        docstring): graph-mode step, XLA-compiled time loops."""
+        docstring): graph-mode step, XLA-compiled time loops.
+
+        With ``"recurrence"``, a ``MaskedLanguageModelLoss`` and no metrics other than
+        ``Perplexity``/``BitsPerCharacter`` (what ``compile_language_model`` sets up), the
+        train step fuses the output layer with the loss
+        (``losses.output_layer_cross_entropy``); evaluation and prediction are unchanged.
+        """
         recurrence = jit_compile == JIT_RECURRENCE
         for layer in self.rnn.rnn_layers:
             if isinstance(layer, Recurrent):
                 layer.jit_time_loop = recurrence
-        super().compile(*args, jit_compile=False if recurrence else jit_compile, **kwargs)
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            jit_compile=False if recurrence else jit_compile,
+            **kwargs,
+        )
+        fusable = (
+            recurrence
+            and isinstance(loss, MaskedLanguageModelLoss)
+            and all(isinstance(m, Perplexity) for m in (metrics or []))  # incl. BitsPerCharacter
+            and not any(kwargs.get(k) for k in ("loss_weights", "weighted_metrics"))
+        )
+        # untracked: the metrics belong to Keras's compiled metrics already
+        object.__setattr__(self, "_fused_metrics", list(metrics or []) if fusable else None)
         if recurrence:  # restored by load_model (compile_from_config calls compile(**config))
             self._compile_config.config["jit_compile"] = JIT_RECURRENCE
+
+    def train_step(self, data):
+        """Keras's train step; fused output layer + loss when ``compile`` enabled it."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if (
+            getattr(self, "_fused_metrics", None) is None
+            or sample_weight is not None
+            or tf.distribute.get_strategy().num_replicas_in_sync != 1
+        ):
+            return super().train_step(data)
+        with tf.GradientTape() as tape:
+            hidden, _ = self.hidden_states(x, training=True)  # (batch, time, units)
+            kernel, bias = self.output_weights()
+            loss, nll_sum, count = output_layer_cross_entropy(
+                tf.reshape(hidden, [-1, hidden.shape[-1]]),
+                kernel,
+                bias,
+                tf.reshape(y, [-1]),
+                self.output_dtype,
+            )
+            if self.losses:
+                loss = loss + ops.sum(self.losses)
+            self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        if self._fused_metrics:
+            if not self._compile_metrics.built:  # single output: only the structure counts
+                self._compile_metrics.build(y, y)
+            for metric in self._fused_metrics:
+                metric.update_from_totals(nll_sum, count)
+        return self.get_metrics_result()
 
     def compile_from_config(self, config):
         # Keras skips this for models with their own compile(); ours only adds a jit mode
