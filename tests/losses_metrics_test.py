@@ -99,3 +99,62 @@ def test_xla_cross_entropy_paths_match_hand_computation():
 
 def _hand_nll_all(logits):
     return -_log_softmax(logits.astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_output_layer_cross_entropy_equals_loss_of_logits(dtype):
+    # output_layer_cross_entropy (hybrid train step) against MaskedLanguageModelLoss on the
+    # logits of the same matmul, differentiated by TensorFlow: value, gradients, NLL sum, count
+    import tensorflow as tf
+
+    from keras_rnnlm.losses import output_layer_cross_entropy
+
+    hidden = tf.constant(RNG.normal(size=(10, 6)), tf.float32)
+    kernel = tf.constant(RNG.normal(size=(6, 9)), tf.float32)
+    bias = tf.constant(RNG.normal(size=(9,)), tf.float32)
+    targets = np.array([3, 0, 8, 1, 0, 0, 2, 5, 5, 7])
+
+    def reference(h, k, b):
+        product = tf.matmul(tf.cast(h, dtype), tf.cast(k, dtype))
+        logits = tf.cast(product, tf.float32) + b
+        return MaskedLanguageModelLoss()(targets, logits), logits
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([hidden, kernel, bias])
+        loss, nll_sum, count = output_layer_cross_entropy(hidden, kernel, bias, targets, dtype)
+        expected, logits = reference(hidden, kernel, bias)
+    assert float(count) == 7.0
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(nll_sum), np.sum(_hand_nll(targets[None], logits.numpy()[None])), rtol=1e-5
+    )
+    ours = tape.gradient(loss, [hidden, kernel, bias])
+    theirs = tape.gradient(expected, [hidden, kernel, bias])
+    tolerance = 1e-6 if dtype == "float32" else 1e-2  # bf16: the gradient is rounded once more
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
+
+
+def test_fused_output_layer_cross_entropy_of_padding_only_is_zero():
+    import tensorflow as tf
+
+    from keras_rnnlm.losses import output_layer_cross_entropy
+
+    hidden = tf.ones((3, 2))
+    with tf.GradientTape() as tape:
+        tape.watch(hidden)
+        loss, nll_sum, count = output_layer_cross_entropy(
+            hidden, tf.ones((2, 4)), tf.zeros(4), np.zeros(3, "int32")
+        )
+    assert (float(loss), float(nll_sum), float(count)) == (0.0, 0.0, 0.0)
+    assert not np.any(tape.gradient(loss, hidden))
+
+
+def test_perplexity_update_from_totals_equals_update_state():
+    targets = np.array([[3, 4, 0], [5, 1, 2]])
+    logits = RNG.normal(size=(2, 3, 6)).astype("float32")
+    nll = _hand_nll(targets, logits)
+    a, b = Perplexity(), Perplexity()
+    a.update_state(targets, logits)
+    b.update_from_totals(np.sum(nll), len(nll))
+    assert float(a.result()) == pytest.approx(float(b.result()), rel=1e-6)

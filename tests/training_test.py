@@ -192,3 +192,54 @@ def test_hybrid_bfloat16_training_fits_like_float32_and_reloads(tmp_path):
 def test_recurrence_jit_needs_an_rnn_language_model():
     with pytest.raises(ValueError, match="recurrence"):
         compile_language_model(keras.Sequential([keras.layers.Dense(2)]), jit_compile="recurrence")
+
+
+@pytest.mark.parametrize("output_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("tie", [False, True], ids=["dense", "tied"])
+def test_fused_train_step_trains_exactly_like_keras_train_step(output_dtype, tie):
+    # the hybrid mode's fused output-layer + loss step against Keras's own train_step (plain
+    # graph mode) from the same weights: per-epoch loss and perplexity logs and final weights
+    x = RNG.integers(1, 40, size=(4, 8)).astype("int32")
+    y = RNG.integers(0, 40, size=(4, 8)).astype("int32")
+    x[1, 5:], y[1, 4:] = 0, 0  # a padded row
+    runs = {}
+    for jit in ("recurrence", False):
+        keras.utils.set_random_seed(3)
+        model = RNNLanguageModel(
+            40, units=8, embedding_dim=8, output_dtype=output_dtype, tie_embeddings=tie
+        )
+        model.build((None, None))
+        compile_language_model(model, "sgd", learning_rate=1.0, clip_norm=0.5, jit_compile=jit)
+        assert (model._fused_metrics is not None) == (jit == "recurrence")
+        history = model.fit(x, y, batch_size=4, epochs=3, verbose=0, shuffle=False)
+        runs[jit] = history.history, [w.numpy() for w in model.weights]
+    (fused_logs, fused_weights), (keras_logs, keras_weights) = runs["recurrence"], runs[False]
+    assert set(fused_logs) == set(keras_logs) == {"loss", "perplexity"}
+    # bf16: one rounding of the logits gradient may fall differently (the products' order)
+    rtol, atol = (1e-5, 1e-6) if output_dtype == "float32" else (1e-3, 1e-4)
+    for name in keras_logs:
+        np.testing.assert_allclose(fused_logs[name], keras_logs[name], rtol=rtol)
+    for a, b in zip(fused_weights, keras_weights, strict=True):
+        np.testing.assert_allclose(a, b, atol=atol)
+
+
+def test_fused_train_step_falls_back_for_other_metrics_and_sample_weights():
+    from keras_rnnlm.losses import MaskedLanguageModelLoss
+    from keras_rnnlm.metrics import MaskedAccuracy
+
+    x = RNG.integers(1, 20, size=(4, 6)).astype("int32")
+    model = RNNLanguageModel(20, units=4, embedding_dim=4)
+    model.compile(
+        "sgd",
+        MaskedLanguageModelLoss(jit_compile=True),
+        [MaskedAccuracy()],
+        jit_compile="recurrence",
+    )
+    assert model._fused_metrics is None  # a metric that needs the logits: Keras's step
+    history = model.fit(x, x, epochs=1, verbose=0)
+    assert "masked_accuracy" in history.history
+    compile_language_model(model, "sgd", jit_compile="recurrence")
+    assert model._fused_metrics is not None
+    weights = np.ones((4,), "float32")  # sample weights: Keras's step
+    history = model.fit(x, x, sample_weight=weights, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
