@@ -83,13 +83,16 @@ class RNNLanguageModel(keras.Model):
             layer's matrix multiply (forward and both gradients). The weights stay float32
             (master weights) and the logits come back float32, so the softmax and the loss
             stay float32; only the ``units x vocabulary`` matmuls round their operands to
-            bfloat16 (float32 accumulation). On CPUs with AVX512-BF16 oneDNN runs them about
+            bfloat16 (oneDNN accumulates in float32 and rounds the products to bfloat16,
+            before the float32 bias add). On CPUs with AVX512-BF16 oneDNN runs them about
             1.5-2x faster when the train step is not XLA-compiled as a whole (see
             ``compile(jit_compile="recurrence")``).
 
     Compile arguments: ``compile`` also accepts ``jit_compile="recurrence"``: the train step
-    runs as a TensorFlow graph (its matrix multiplies on oneDNN, bfloat16 ones included) and
-    only each recurrent layer's time loop is XLA-compiled, forward and gradient.
+    runs as a TensorFlow graph (its matrix multiplies on oneDNN, bfloat16 ones included), each
+    recurrent layer's time loop is XLA-compiled, forward and gradient, and with the
+    ``compile_language_model`` loss and metrics the output layer and the loss are one fused
+    operation (see ``compile``).
 
     Call arguments:
         inputs: int ``(batch, time)`` token ids, 0 = padding.

@@ -64,9 +64,11 @@ def compile_language_model(
 
     ``jit_compile``: ``True`` XLA-compiles the whole train step; ``False`` runs it as a
     TensorFlow graph; ``"recurrence"`` (``RNNLanguageModel`` only) runs it as a graph with
-    each recurrent time loop and the softmax cross-entropy XLA-compiled (forward and
-    gradient) and the output layer's matmuls on oneDNN, which is faster on CPU, above all
-    with ``RNNLanguageModel(output_dtype="bfloat16")``.
+    each recurrent time loop XLA-compiled (forward, and a hand-written backward for LSTM and
+    SimpleRNN cells), the output layer's matmuls on oneDNN and the output layer fused with
+    the loss (``losses.output_layer_cross_entropy``: one XLA pass over the logits for loss,
+    gradient and perplexity), which is faster on CPU, above all with
+    ``RNNLanguageModel(output_dtype="bfloat16")``.
     """
     if jit_compile == "recurrence" and not isinstance(model, RNNLanguageModel):
         raise ValueError('jit_compile="recurrence" needs an RNNLanguageModel.')
