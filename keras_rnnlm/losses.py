@@ -9,23 +9,25 @@ from keras_rnnlm.distribute import cross_replica_sum
 _PACKAGE = "keras_rnnlm"
 
 
+def _softmax_parts(targets, logits):
+    """``exp(z - max z)``, its row sums and the NLL of ``targets`` (traced inside XLA)."""
+    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+    exp = tf.exp(shifted)
+    total = tf.reduce_sum(exp, axis=-1, keepdims=True)
+    nll = tf.math.log(total[..., 0]) - tf.gather(shifted, targets, batch_dims=len(targets.shape))
+    return exp, total, nll
+
+
 @tf.function(jit_compile=True)
 def _xla_xent(targets, logits):
-    logits = tf.cast(logits, tf.float32)
-    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
-    log_total = tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=-1))
-    return log_total - tf.gather(shifted, targets, batch_dims=len(targets.shape))
+    return _softmax_parts(targets, tf.cast(logits, tf.float32))[2]
 
 
 @tf.function(jit_compile=True)
 def _xla_xent_and_grad(targets, logits):
     logits = tf.cast(logits, tf.float32)
-    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
-    exp = tf.exp(shifted)
-    total = tf.reduce_sum(exp, axis=-1, keepdims=True)
-    nll = tf.math.log(total[..., 0]) - tf.gather(shifted, targets, batch_dims=len(targets.shape))
-    grad = exp / total - tf.one_hot(targets, tf.shape(logits)[-1], dtype=tf.float32)
-    return nll, grad
+    exp, total, nll = _softmax_parts(targets, logits)
+    return nll, exp / total - tf.one_hot(targets, tf.shape(logits)[-1], dtype=tf.float32)
 
 
 @tf.function(jit_compile=True)
@@ -121,14 +123,19 @@ class MaskedLanguageModelLoss(keras.losses.Loss):
         return config
 
 
+def low_precision_matmul_gradients(d_product, low_inputs, low_kernel):
+    """Gradients of ``low_inputs @ low_kernel`` (operands in a low precision) with respect to
+    both operands, from ``d_product`` in the same precision; returned in float32."""
+    d_inputs = tf.matmul(d_product, low_kernel, transpose_b=True)
+    d_kernel = tf.matmul(low_inputs, d_product, transpose_a=True)
+    return tf.cast(d_inputs, tf.float32), tf.cast(d_kernel, tf.float32)
+
+
 @tf.function(jit_compile=True)
 def _xla_output_cross_entropy(product, bias, targets, count, gradient_dtype):
     """One pass over the ``(positions, vocabulary)`` logits: NLL sum and the loss gradient."""
     logits = tf.cast(product, tf.float32) + bias
-    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
-    exp = tf.exp(shifted)
-    total = tf.reduce_sum(exp, axis=-1, keepdims=True)
-    nll = tf.math.log(total[:, 0]) - tf.gather(shifted, targets, batch_dims=1)
+    exp, total, nll = _softmax_parts(targets, logits)
     mask = tf.cast(tf.not_equal(targets, 0), tf.float32)
     weight = (mask / tf.maximum(count, 1.0))[:, None]  # d(mean NLL over real tokens)/d(NLL)
     d_logits = (exp / total - tf.one_hot(targets, tf.shape(logits)[-1])) * weight
@@ -171,8 +178,7 @@ def output_layer_cross_entropy(hidden, kernel, bias, targets, dtype="float32"):
 
         def grad(d_loss, d_nll_sum):
             del d_nll_sum  # the NLL sum is reported, never differentiated
-            d_hidden = tf.cast(tf.matmul(d_low, low_kernel, transpose_b=True), hidden.dtype)
-            d_kernel = tf.cast(tf.matmul(low_hidden, d_low, transpose_a=True), kernel.dtype)
+            d_hidden, d_kernel = low_precision_matmul_gradients(d_low, low_hidden, low_kernel)
             return d_hidden * d_loss, d_kernel * d_loss, d_bias * d_loss
 
         return (nll_sum / tf.maximum(count, 1.0), nll_sum), grad

@@ -45,8 +45,7 @@ class Perplexity(keras.metrics.Metric):
             weight = ops.cast(sample_weight, mask.dtype)
             weight = weight[:, None] if len(weight.shape) == 1 else weight
             nll, mask = nll * weight, mask * weight
-        self.total_nll.assign_add(ops.cast(ops.sum(nll), "float64"))
-        self.total_tokens.assign_add(ops.cast(ops.sum(mask), "float64"))
+        self.update_from_totals(ops.sum(nll), ops.sum(mask))
 
     def update_from_totals(self, nll_sum, num_tokens):
         """Add a batch given as its summed NLL and its number of real tokens (for a train step

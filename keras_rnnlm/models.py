@@ -7,7 +7,11 @@ from keras import ops
 
 from keras_rnnlm.cells import CELLS
 from keras_rnnlm.layers import Recurrent, StackedRecurrent
-from keras_rnnlm.losses import MaskedLanguageModelLoss, output_layer_cross_entropy
+from keras_rnnlm.losses import (
+    MaskedLanguageModelLoss,
+    low_precision_matmul_gradients,
+    output_layer_cross_entropy,
+)
 from keras_rnnlm.metrics import Perplexity
 
 _PACKAGE = "keras_rnnlm"
@@ -42,9 +46,7 @@ def low_precision_dense(inputs, kernel, bias, dtype):
 
         def grad(d_logits):
             d_low, d_bias = _cast_and_bias_gradient(d_logits, dtype)
-            d_inputs = tf.cast(tf.matmul(d_low, low_kernel, transpose_b=True), inputs.dtype)
-            d_kernel = tf.cast(tf.matmul(low_inputs, d_low, transpose_a=True), kernel.dtype)
-            return d_inputs, d_kernel, d_bias
+            return (*low_precision_matmul_gradients(d_low, low_inputs, low_kernel), d_bias)
 
         return logits, grad
 
@@ -210,12 +212,9 @@ class RNNLanguageModel(keras.Model):
 
     def logits_from_hidden(self, hidden):
         """Output layer: ``(..., units) -> (..., vocabulary_size)`` float32 logits."""
-        if self.tie_embeddings:
-            kernel, bias = ops.transpose(self.embedding.embeddings), self.output_bias
-        elif self.output_dtype == "float32":
+        if self.output_dtype == "float32" and not self.tie_embeddings:
             return self.output_layer(hidden)
-        else:
-            kernel, bias = self.output_layer.kernel, self.output_layer.bias
+        kernel, bias = self.output_weights()
         if self.output_dtype == "float32":
             return ops.matmul(hidden, kernel) + bias
         # bfloat16 operands, float32 result: one 2-D matmul (oneDNN) on the flattened positions
@@ -290,6 +289,9 @@ class RNNLanguageModel(keras.Model):
             variable.assign(trained[variable.path])
         return copy
 
+    #: the Perplexity metrics a fused train step updates; None: Keras's own train step
+    _fused_metrics = None
+
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, jit_compile="auto", **kwargs):
         """``keras.Model.compile``; ``jit_compile`` also accepts ``"recurrence"`` (see the class
         docstring): graph-mode step, XLA-compiled time loops.
@@ -325,7 +327,7 @@ class RNNLanguageModel(keras.Model):
         """Keras's train step; fused output layer + loss when ``compile`` enabled it."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if (
-            getattr(self, "_fused_metrics", None) is None
+            self._fused_metrics is None
             or sample_weight is not None
             or tf.distribute.get_strategy().num_replicas_in_sync != 1
         ):

@@ -145,17 +145,22 @@ def test_tf_only_process_serves_every_signature(tmp_path, cell, use_builtin_laye
         assert f"signature_def['{name}']" in shown.stdout
 
 
+def _assert_serves_log_softmax_of(model, export_dir, vocab, atol):
+    """The export's ``serving_default`` log-probabilities equal ``log_softmax(model(ids))``."""
+    ids = _ids(3, vocab.size)
+    served = tf.saved_model.load(str(export_dir)).signatures["serving_default"](
+        token_ids=tf.constant(ids)
+    )
+    expected = np.asarray(keras.ops.log_softmax(model(ids), axis=-1))
+    np.testing.assert_allclose(served["log_probs"].numpy()[ids != 0], expected[ids != 0], atol=atol)
+
+
 def test_keras_file_and_export_agree(tmp_path):
     model, vocab = _trained("simple_rnn", num_layers=1)
     model.save(tmp_path / "m.keras")
     reloaded = keras.saving.load_model(tmp_path / "m.keras")
     export_dir = export_saved_model(model, vocab, tmp_path / "export")
-    ids = _ids(3, vocab.size)
-    served = tf.saved_model.load(str(export_dir)).signatures["serving_default"](
-        token_ids=tf.constant(ids)
-    )
-    expected = np.asarray(keras.ops.log_softmax(reloaded(ids), axis=-1))
-    np.testing.assert_allclose(served["log_probs"].numpy()[ids != 0], expected[ids != 0], atol=1e-5)
+    _assert_serves_log_softmax_of(reloaded, export_dir, vocab, atol=1e-5)
 
 
 def test_bad_ids_are_refused(tmp_path):
@@ -219,9 +224,4 @@ def test_hybrid_compiled_bfloat16_model_exports(tmp_path):
     x = RNG.integers(2, vocab.size, size=(8, 6)).astype("int32")
     model.fit(x[:, :-1], x[:, 1:], epochs=1, verbose=0)
     export_dir = export_saved_model(model, vocab, tmp_path / "export")
-    ids = _ids(3, vocab.size)
-    served = tf.saved_model.load(str(export_dir)).signatures["serving_default"](
-        token_ids=tf.constant(ids)
-    )
-    expected = np.asarray(keras.ops.log_softmax(model(ids), axis=-1))
-    np.testing.assert_allclose(served["log_probs"].numpy()[ids != 0], expected[ids != 0], atol=1e-4)
+    _assert_serves_log_softmax_of(model, export_dir, vocab, atol=1e-4)
