@@ -1,0 +1,30 @@
+"""``export_task_model``: any task model as a TensorFlow SavedModel with one signature."""
+
+import tensorflow as tf
+
+
+class TaskModelServer(tf.Module):
+    """The tf.Module saved by ``export_task_model``: the model and one serving signature."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.serve = tf.function(
+            lambda token_ids: model.serving_outputs(token_ids),
+            input_signature=[tf.TensorSpec((None, None), tf.int32, name="token_ids")],
+        )
+
+
+def export_task_model(model, export_dir):
+    """Save ``model`` (any model of this module, built) as a SavedModel.
+
+    The ``serving_default`` signature takes int32 ``token_ids`` ``(batch, time)`` (0 = padding)
+    and returns the model's ``serving_outputs`` (e.g. ``logits`` and ``tags`` for a tagger).
+    Reload with ``tf.saved_model.load(export_dir).signatures["serving_default"]``; it needs
+    TensorFlow only, not Keras or this package.
+    """
+    if not model.built:
+        raise ValueError("The model is not built: call it on data or train it before exporting.")
+    server = TaskModelServer(model)
+    tf.saved_model.save(server, str(export_dir), signatures={"serving_default": server.serve})
+    return export_dir
