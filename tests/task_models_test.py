@@ -1,10 +1,15 @@
 """Encoder, tagger, classifier and bidirectional LM: masking, no leakage, save/load, export."""
 
+import io
+import zipfile
+
+import h5py
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_rnnlm import distribute
 from keras_rnnlm.losses import MaskedLanguageModelLoss
 from keras_rnnlm.metrics import MaskedAccuracy
 from keras_rnnlm.task_models import (
@@ -20,6 +25,7 @@ from keras_rnnlm.task_models import (
     evaluate_bidirectional_perplexity,
     export_task_model,
     pool,
+    task_optimizer,
 )
 
 V = 20
@@ -28,6 +34,7 @@ IDS = np.zeros((4, 7), dtype=np.int32)
 for _row, _n in enumerate(LENGTHS):
     IDS[_row, :_n] = np.random.default_rng(_row).integers(2, V, size=_n)
 SMALL = dict(units=6, embedding_dim=5)
+RECURRENTS = ("recurrent", "recurrent_1")  # the two layers of a 2-layer stack in a .keras file
 
 
 def _alone(model_fn, row):
@@ -228,11 +235,93 @@ def test_saved_model_export(name, tmp_path):
         np.testing.assert_allclose(got[key].numpy(), value, atol=1e-5)
 
 
-def test_compiled_models_fit_one_step():
-    x = IDS
-    compile_classifier(_models()["classifier"]).fit(x, np.array([0, 1, 2, 0]), verbose=0)
-    tags = np.where(IDS != 0, 1, 0)
-    compile_tagger(_models()["tagger"]).fit(x, tags, verbose=0)
+def _one_full_batch_step(model, x, y):
+    """Weights before, gradients of the compiled loss, weights after one ``fit`` step."""
+    model(x)  # build
+    before = [np.array(v) for v in model.trainable_variables]
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=True))
+    grads = [
+        tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)
+    ]
+    model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    return before, grads, [np.array(v) for v in model.trainable_variables]
+
+
+@pytest.mark.parametrize("name", ["tagger", "classifier", "bilm"])
+def test_compiled_models_take_one_exactly_clipped_sgd_step(name):
+    """``compile_*`` use ``make_optimizer``'s SGD: one ``fit`` step is ``w - lr * g * c/||g||``
+    with ``||g||`` the norm of the dense gradients (repeated embedding rows summed first)."""
+    lr, clip_norm = 0.5, 0.05
+    model, compile_fn, y = {
+        "tagger": (_models()["tagger"], compile_tagger, np.where(IDS != 0, IDS % 3 + 1, 0)),
+        "classifier": (_models()["classifier"], compile_classifier, np.array([0, 1, 2, 0])),
+        "bilm": (_models()["bilm"], compile_bidirectional_lm, bidirectional_lm_targets(IDS)),
+    }[name]
+    compile_fn(model, "sgd", learning_rate=lr, clip_norm=clip_norm)
+    assert isinstance(model.optimizer, distribute.SGD)
+    assert model.optimizer.global_clipnorm == clip_norm
+    before, grads, after = _one_full_batch_step(model, IDS, y)
+    norm = np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads))
+    assert norm > 2 * clip_norm  # the clipping is active
+    scale = clip_norm / norm
+    # stock keras.optimizers.SGD(global_clipnorm) squares repeated embedding rows apart and
+    # misses this by 8e-7 (bilm) to 1.5e-4 (classifier)
+    for w0, g, w1 in zip(before, grads, after, strict=True):
+        np.testing.assert_allclose(w1, w0 - lr * scale * g, rtol=0, atol=1e-7)
+
+
+def test_compile_helpers_default_to_make_optimizers_adam():
+    for name, compile_fn in (
+        ("tagger", compile_tagger),
+        ("classifier", compile_classifier),
+        ("bilm", compile_bidirectional_lm),
+    ):
+        model = compile_fn(_models()[name], learning_rate=1e-2, clip_norm=2.0)
+        assert type(model.optimizer) is distribute.Adam, name
+        assert model.optimizer.global_clipnorm == 2.0
+        assert float(model.optimizer.learning_rate) == pytest.approx(1e-2)
+    own = keras.optimizers.RMSprop(1e-3)
+    assert compile_tagger(_models()["tagger"], optimizer=own).optimizer is own
+    assert task_optimizer("adam", clip_norm=None).global_clipnorm is None
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        task_optimizer("adagrad")
+
+
+def _h5_weight_names(path):
+    with (
+        zipfile.ZipFile(path) as archive,
+        h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights,
+    ):
+        names = []
+        weights.visit(lambda n: names.append(n) if isinstance(weights[n], h5py.Dataset) else None)
+    return names
+
+
+#: The weight layout of ``.keras`` files written before ``keras_rnnlm.backbone`` existed.
+LEGACY_H5_NAMES = {
+    "tagger": [
+        "encoder/embedding/vars/0",
+        *(f"encoder/layers/stacked_recurrent/rnn_layers/recurrent/cell/vars/{i}" for i in range(3)),
+        "layers/dense/vars/0",
+        "layers/dense/vars/1",
+    ],
+    "bilm": [
+        *(f"backward_rnn/rnn_layers/{r}/cell/vars/{i}" for r in RECURRENTS for i in range(3)),
+        "embedding/vars/0",
+        *(f"forward_rnn/rnn_layers/{r}/cell/vars/{i}" for r in RECURRENTS for i in range(3)),
+        "layers/dense/vars/0",
+        "layers/dense/vars/1",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY_H5_NAMES))
+def test_keras_file_weight_layout_is_unchanged(name, tmp_path):
+    model = _models()[name]
+    model(IDS)
+    model.save(tmp_path / "m.keras")
+    assert _h5_weight_names(tmp_path / "m.keras") == LEGACY_H5_NAMES[name]
 
 
 def test_config_validation():
