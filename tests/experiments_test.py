@@ -6,9 +6,12 @@ import keras
 import numpy as np
 import pytest
 
+from keras_rnnlm import distribute
 from keras_rnnlm.experiments import (
+    SETTINGS,
     cell_parameters,
     clipping_experiment,
+    compile_recall_classifier,
     format_table,
     gradient_ratio_table,
     long_range_accuracy,
@@ -85,24 +88,51 @@ def test_gradient_ratio_table_rows():
     for row in rows:
         assert math.isnan(row["c_ratio"]) == (row["cell"] != "lstm")
         assert row["h_ratio"] > 0
+        if row["cell"] == "lstm":
+            # the cell state's direct path multiplies by the forget gate f = sigmoid(b_f + ...)
+            # at every step; with small weights f stays near sigmoid(b_f): ratio ~ f^k
+            b_f = SETTINGS[row["setting"]]["forget_bias"]
+            assert row["c_ratio"] == pytest.approx((1 / (1 + math.exp(-b_f))) ** row["k"], rel=0.15)
+    # small uniform W_h: a SimpleRNN's gradient vanishes, by a factor < 0.1 per 2 steps
+    uniform = {
+        r["k"]: r["h_ratio"]
+        for r in rows
+        if r["setting"] == "uniform(0.1), b_f=1" and r["cell"] == "simple_rnn"
+    }
+    assert uniform[2] < 0.1 and uniform[4] < 0.1 * uniform[2]
 
 
-def test_long_range_accuracy_smoke():
+def test_long_range_accuracy_learns_a_short_recall():
     rows = long_range_accuracy(
         distances=(2,),
         cells=("simple_rnn",),
         settings={
-            "adam": {"init": "orthogonal, b_f=1", "optimizer": "adam", "learning_rate": 1e-2}
+            "adam": {"init": "orthogonal, b_f=1", "optimizer": "adam", "learning_rate": 3e-2}
         },
-        lstm_units=4,
-        embedding_dim=4,
-        train_size=64,
-        test_size=32,
-        epochs=1,
+        lstm_units=8,
+        embedding_dim=8,
+        train_size=512,
+        test_size=256,
+        epochs=4,
     )
     assert len(rows) == 1
-    assert 0.0 <= rows[0]["accuracy"] <= 1.0
-    assert rows[0]["chance"] == pytest.approx(1 / 8)
+    row = rows[0]
+    assert row["chance"] == pytest.approx(1 / 8)
+    assert row["units"] == units_for_budget("simple_rnn", cell_parameters("lstm", 8, 8), 8)
+    # distance 2 is easy: far above chance on held-out examples, and the loss fell below
+    # half of the chance-level cross-entropy log(8)
+    assert row["accuracy"] > 0.9
+    assert row["final_train_loss"] < math.log(8) / 2
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_recall_classifier_is_compiled_with_make_optimizer(optimizer):
+    model = recall_classifier(RecallTask(3), "gru", units=4)
+    compile_recall_classifier(model, optimizer, learning_rate=0.25, clip_norm=0.5)
+    expected = {"adam": distribute.Adam, "sgd": distribute.SGD}[optimizer]
+    assert type(model.optimizer) is expected
+    assert model.optimizer.global_clipnorm == 0.5 and model.optimizer.clipnorm is None
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.25)
 
 
 def test_clipping_experiment_smoke():
