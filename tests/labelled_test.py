@@ -22,6 +22,7 @@ from keras_rnnlm.data.labelled import (
     truecasing_task,
     unsegment,
 )
+from keras_rnnlm.data.pipelines import pad_rows
 
 LINES = ["First Citizen:", "Before we proceed any further, hear me speak.", "All:", "Speak, speak."]
 CORPUS = Corpus("toy", train=LINES * 3, valid=LINES[:2], test=LINES[2:])
@@ -92,6 +93,18 @@ def test_datasets_pad_with_zero():
     x, y = next(iter(ds))
     np.testing.assert_array_equal(x, [[4, 5], [6, 0]])
     np.testing.assert_array_equal(y, [1, 0])
+
+
+def test_pad_rows_right_pads_and_cuts():
+    np.testing.assert_array_equal(pad_rows([[5, 6, 7], [8], []]), [[5, 6, 7], [8, 0, 0], [0, 0, 0]])
+    cut = pad_rows([[5, 6, 7], (8,)], length=2)
+    np.testing.assert_array_equal(cut, [[5, 6], [8, 0]])
+    assert cut.dtype == np.int32
+    assert pad_rows([]).shape == (0, 0)
+    # a too-long tagging example is cut to max_length in inputs and tags alike
+    x, y = next(iter(tagging_dataset([[4, 5, 6]], [[1, 2, 1]], max_length=2, shuffle=False)))
+    np.testing.assert_array_equal(x, [[4, 5]])
+    np.testing.assert_array_equal(y, [[1, 2]])
 
 
 def test_segmentation_on_tiny_shakespeare(shakespeare_dir, tmp_path):

@@ -232,3 +232,29 @@ def stream_dataset(
     """TBPTT batches in order (never shuffled), static shape ``(batch_size, num_steps)``."""
     inputs, targets = stream_batches(token_stream(sentences), batch_size, num_steps)
     return prefetched(tf.data.Dataset.from_tensor_slices((inputs, targets)))
+
+
+def pad_rows(rows: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:
+    """Int id rows right-padded with 0 (and cut) to ``length``: int32 ``(len(rows), length)``.
+
+    Args:
+        rows: id lists of any lengths.
+        length: columns of the result (default: the longest row).
+
+    Returns:
+        The padded array; row ``i`` starts with ``rows[i][:length]``.
+
+    Example:
+
+    >>> pad_rows([[5, 6, 7], [8]])
+    array([[5, 6, 7],
+           [8, 0, 0]], dtype=int32)
+    """
+    rows = [list(row) for row in rows]
+    if length is None:
+        length = max((len(row) for row in rows), default=0)
+    out = np.zeros((len(rows), length), dtype=np.int32)
+    for i, row in enumerate(rows):
+        row = row[:length]
+        out[i, : len(row)] = row
+    return out
