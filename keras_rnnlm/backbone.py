@@ -15,6 +15,29 @@ from keras import ops
 from keras_rnnlm.cells import CELLS
 from keras_rnnlm.layers import StackedRecurrent
 
+#: The ``make_backbone`` arguments that every model keeps as attributes and in its config.
+BACKBONE_ARGUMENTS = (
+    "vocabulary_size",
+    "cell",
+    "num_layers",
+    "units",
+    "embedding_dim",
+    "dropout",
+    "residual",
+)
+
+
+def backbone_config(model, extra: tuple[str, ...] = ()) -> dict:
+    """``{name: getattr(model, name)}`` for ``BACKBONE_ARGUMENTS`` and then ``extra``: the
+    backbone part of a model's ``get_config``.
+
+    Example:
+
+    >>> backbone_config(RNNEncoder(100), extra=("bidirectional",))["vocabulary_size"]
+    100
+    """
+    return {name: getattr(model, name) for name in BACKBONE_ARGUMENTS + tuple(extra)}
+
 
 def check_backbone_arguments(vocabulary_size: int, cell: str, dropout: float) -> None:
     """Raise ``ValueError`` for a vocabulary size, cell name or dropout rate that cannot work.

@@ -1,6 +1,7 @@
 """Known-entropy check: a language model trained with model.fit reaches the source entropy."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -17,6 +18,24 @@ def test_markov_entropy_matches_sample_average():
     nll, count = source.sentence_nll(source.sample(20000, seed=1))
     assert abs(nll / count - source.entropy_per_token()) < 0.01
     assert source.perplexity() < 0.7 * source.unigram_perplexity()
+
+
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_sentence_dataset_states_its_number_of_batches(drop_remainder):
+    sentences = MarkovSource(seed=3).sample(300, seed=1)  # lengths 1 to ~40: several buckets
+    dataset = sentence_dataset(
+        sentences, batch_size=16, max_length=20, drop_remainder=drop_remainder, seed=0
+    )
+    batches = list(dataset)
+    assert int(dataset.cardinality()) == len(batches) > 300 // 16
+    assert all(len(x) == 16 for x, _ in batches) or not drop_remainder
+    # Keras sizes the epoch from it: no "ran out of data" warning after the first epoch
+    model = RNNLanguageModel(MarkovSource(seed=3).vocabulary_size, num_layers=1, units=8)
+    compile_language_model(model, "sgd", learning_rate=0.1, jit_compile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        history = model.fit(dataset, epochs=2, verbose=0, shuffle=False)
+    assert len(history.history["loss"]) == 2
 
 
 @pytest.mark.slow

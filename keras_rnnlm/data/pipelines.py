@@ -126,7 +126,10 @@ def sentence_dataset(
             f"smaller max_length (longer sentences are then split)."
         )
     dataset = _pad_in_buckets(dataset, batch_size, bucket_boundaries, drop_remainder)
-    return prefetched(dataset)
+    # bucketing hides the number of batches from tf.data; stating it lets Keras size an epoch
+    # (without it ``fit`` warns "Your input ran out of data" at the end of the first epoch)
+    num_batches = _num_batches(lengths, bucket_boundaries, batch_size, drop_remainder)
+    return prefetched(dataset.apply(tf.data.experimental.assert_cardinality(num_batches)))
 
 
 def sentence_epochs(
@@ -153,8 +156,7 @@ def sentence_epochs(
     windows, lengths = _windows_and_lengths(sentences, batch_size, max_length, start_id)
     ragged = tf.RaggedTensor.from_row_lengths(np.concatenate(windows), lengths + 1)
     boundaries = default_bucket_boundaries(lengths)
-    buckets = np.bincount(np.searchsorted(boundaries, lengths, side="right"))
-    batches_per_pass = int(sum(-(-count // batch_size) for count in buckets))
+    batches_per_pass = _num_batches(lengths, boundaries, batch_size, drop_remainder=False)
     seed = tf.constant(seed, tf.int64)
 
     def one_pass(index):  # pass ``index`` over the data, shuffled with the seed (seed, index)
@@ -178,6 +180,14 @@ def _windows_and_lengths(sentences, batch_size, max_length, start_id):
         raise ValueError("No sentence has anything to predict: the corpus is empty.")
     lengths = np.array([len(w) - 1 for w in windows], dtype=np.int64)  # predictions per example
     return windows, lengths
+
+
+def _num_batches(lengths, bucket_boundaries, batch_size, drop_remainder) -> int:
+    """Batches ``_pad_in_buckets`` makes of examples with ``lengths`` predictions."""
+    buckets = np.bincount(np.searchsorted(list(bucket_boundaries), lengths, side="right"))
+    if drop_remainder:
+        return int(sum(count // batch_size for count in buckets))
+    return int(sum(-(-count // batch_size) for count in buckets))
 
 
 def _pad_in_buckets(dataset, batch_size, bucket_boundaries, drop_remainder):

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_rnnlm.backbone import build_backbone, embed, make_backbone
+from keras_rnnlm.backbone import backbone_config, build_backbone, embed, make_backbone
 from keras_rnnlm.layers import reverse_padded
 from keras_rnnlm.losses import token_nll
 from keras_rnnlm.task_models.encoder import sequence_lengths
@@ -110,17 +110,7 @@ class BidirectionalLanguageModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "vocabulary_size": self.vocabulary_size,
-                "cell": self.cell,
-                "num_layers": self.num_layers,
-                "units": self.units,
-                "embedding_dim": self.embedding_dim,
-                "dropout": self.dropout,
-                "residual": self.residual,
-            }
-        )
+        config.update(backbone_config(self))
         return config
 
 

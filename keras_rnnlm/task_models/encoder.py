@@ -4,21 +4,18 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_rnnlm.backbone import build_backbone, make_backbone, run_backbone
+from keras_rnnlm.backbone import (
+    BACKBONE_ARGUMENTS,
+    backbone_config,
+    build_backbone,
+    make_backbone,
+    run_backbone,
+)
 
 _PACKAGE = "keras_rnnlm"
 POOLINGS = ("final", "mean", "max")
-#: The backbone arguments every task model stores and serializes.
-ENCODER_ARGUMENTS = (
-    "vocabulary_size",
-    "cell",
-    "num_layers",
-    "units",
-    "embedding_dim",
-    "dropout",
-    "residual",
-    "bidirectional",
-)
+#: The backbone arguments every encoder-based task model stores and serializes.
+ENCODER_ARGUMENTS = (*BACKBONE_ARGUMENTS, "bidirectional")
 
 
 def sequence_lengths(token_ids):
@@ -56,7 +53,7 @@ def pool(states, mask, pooling, bidirectional=False):
 
 def encoder_config(model) -> dict:
     """The ``ENCODER_ARGUMENTS`` of ``model`` (an encoder or a model holding one's settings)."""
-    return {name: getattr(model, name) for name in ENCODER_ARGUMENTS}
+    return backbone_config(model, extra=("bidirectional",))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
