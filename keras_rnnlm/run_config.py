@@ -150,6 +150,7 @@ class TrainConfig:
 
 
 def load_config_corpus(config: TrainConfig) -> Corpus:
+    """The run's corpus: ``config.train_file`` (and valid/test files) or the named corpus."""
     if config.train_file:
         return text_files_corpus(
             config.train_file,
@@ -162,6 +163,8 @@ def load_config_corpus(config: TrainConfig) -> Corpus:
 
 
 def build_vocabulary(corpus: Corpus, config: TrainConfig) -> Vocabulary:
+    """The vocabulary of ``corpus``'s training split; sentences start with ``<eos>`` in
+    stream mode (one token stream) and with ``<bos>`` in sentence mode."""
     min_count = 1 if corpus.pretokenized or corpus.level == "char" else config.min_count
     return Vocabulary.build(
         corpus.train,
@@ -188,6 +191,7 @@ def make_dataset(sentences, config: TrainConfig, training: bool):
 
 
 def build_model(config: TrainConfig, vocabulary_size: int) -> RNNLanguageModel:
+    """The run's ``RNNLanguageModel``, built (stateful with a fixed batch in stream mode)."""
     model = RNNLanguageModel(
         vocabulary_size,
         cell=config.cell,
