@@ -325,11 +325,15 @@ def test_keras_file_weight_layout_is_unchanged(name, tmp_path):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="pooling must be one of"):
         RNNEncoder(V, pooling="sum")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="num_tags must be an int >= 2"):
         SequenceTagger(V, num_tags=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
         SentenceClassifier(V, num_classes=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Unknown cell 'transformer'"):
         BidirectionalLanguageModel(V, cell="transformer")
+    with pytest.raises(ValueError, match="vocabulary_size must be an int >= 2"):
+        SentenceClassifier(1, num_classes=2)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        SequenceTagger(V, num_tags=3, dropout=1.5)
