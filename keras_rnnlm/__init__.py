@@ -4,6 +4,22 @@ Importing the package is cheap: it does not import TensorFlow or Keras. Each pub
 imported from its module the first time it is used (PEP 562 module ``__getattr__``), so
 ``from keras_rnnlm import RNNLanguageModel`` works as usual, while ``keras-rnnlm`` (the command
 line) can configure TensorFlow's logging before TensorFlow is first imported.
+
+Where things are:
+
+* Reference path (the lecture's equations, read these first): ``cells`` (one time step of
+  each cell), ``layers`` (the time loop, stacking, bidirectional), ``models``
+  (``RNNLanguageModel``: embedding, recurrent stack, output layer), ``losses`` and ``metrics``.
+* Fast path: ``keras_rnnlm.fast`` (compiled time loops with a hand-written backward, fused
+  output layer and cross-entropy, low-precision matmuls, fused SGD); its module docstring is
+  the design note.
+* How one is chosen: ``RNNLanguageModel(implementation="auto" | "reference" | "fast")``,
+  saved in the model's config; ``"auto"`` takes the fast path where it is supported.
+* Around them: ``training`` (optimizers, clipping, callbacks, presets), ``distribute``
+  (exact clipping across replicas), ``data/`` (vocabulary, pipelines, corpora), ``samplers``,
+  ``scoring``, ``export``, ``gradients`` and ``gradient_monitor`` (diagnostics), ``plotting``,
+  ``checkpoints``, ``runs`` and ``cli`` (the ``keras-rnnlm`` command), ``constants`` (the named
+  choices, no TensorFlow import).
 """
 
 import importlib
