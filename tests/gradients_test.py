@@ -257,25 +257,33 @@ def _mean_norm(g):
     return np.mean(np.linalg.norm(g, axis=-1))
 
 
-def test_simple_rnn_norms_match_hand_written_backpropagation_through_time():
-    # independent of the module: numpy forward pass, then the chain rule written out,
-    # dJ/dh_{s-1} = (dJ/dh_s * (1 - h_s^2)) W_h^T and dJ/dx_s = (dJ/dh_s * (1 - h_s^2)) W_x^T
+def _one_layer_case(cell, units, embedding_dim, batch, length, seed):
+    """A float64 one-layer model with doubled weights, its measured norms, and the numpy
+    inputs of a hand computation: (model, norms, embedded inputs, targets, cell weights)."""
     with floatx("float64"):
-        model = RNNLanguageModel(VOCAB, cell="simple_rnn", num_layers=1, units=4, embedding_dim=3)
-        ids = _ids(3, 7, seed=5)
+        model = RNNLanguageModel(
+            VOCAB, cell=cell, num_layers=1, units=units, embedding_dim=embedding_dim
+        )
+        ids = _ids(batch, length, seed=seed)
         model(ids)
         model.set_weights([w * 2.0 for w in model.get_weights()])
         norms = gradient_norms_by_distance(model, ids)
-    inputs, targets = ids[:, :-1], ids[:, -1]
-    x = np.asarray(model.embedding.embeddings, np.float64)[inputs]
-    w_x, w_h, b = (np.asarray(w, np.float64) for w in model.rnn.rnn_layers[0].cell.get_weights())
+    x = np.asarray(model.embedding.embeddings, np.float64)[ids[:, :-1]]
+    weights = [np.asarray(w, np.float64) for w in model.rnn.rnn_layers[0].cell.get_weights()]
+    return model, norms, x, ids[:, -1], weights
+
+
+def test_simple_rnn_norms_match_hand_written_backpropagation_through_time():
+    # independent of the module: numpy forward pass, then the chain rule written out,
+    # dJ/dh_{s-1} = (dJ/dh_s * (1 - h_s^2)) W_h^T and dJ/dx_s = (dJ/dh_s * (1 - h_s^2)) W_x^T
+    model, norms, x, targets, (w_x, w_h, b) = _one_layer_case("simple_rnn", 4, 3, 3, 7, seed=5)
     hs, h = [], np.zeros((3, 4))
-    for t in range(inputs.shape[1]):
+    for t in range(x.shape[1]):
         h = np.tanh(x[:, t] @ w_x + h @ w_h + b)
         hs.append(h)
     g = _output_gradient(model, hs[-1], targets)
     expected_h, expected_x = [], []
-    for t in reversed(range(inputs.shape[1])):
+    for t in reversed(range(x.shape[1])):
         expected_h.append(_mean_norm(g))
         d_a = g * (1.0 - hs[t] ** 2)
         expected_x.append(_mean_norm(d_a @ w_x.T))
@@ -287,18 +295,10 @@ def test_simple_rnn_norms_match_hand_written_backpropagation_through_time():
 
 def test_lstm_cell_state_norms_match_hand_written_backpropagation_through_time():
     # the total derivative dJ/dc_s goes through h_s = o_s tanh(c_s) and through c_{s+1}
-    with floatx("float64"):
-        model = RNNLanguageModel(VOCAB, cell="lstm", num_layers=1, units=3, embedding_dim=2)
-        ids = _ids(2, 6, seed=6)
-        model(ids)
-        model.set_weights([w * 2.0 for w in model.get_weights()])
-        norms = gradient_norms_by_distance(model, ids)
-    inputs, targets = ids[:, :-1], ids[:, -1]
-    x = np.asarray(model.embedding.embeddings, np.float64)[inputs]
-    w_x, w_h, b = (np.asarray(w, np.float64) for w in model.rnn.rnn_layers[0].cell.get_weights())
+    model, norms, x, targets, (w_x, w_h, b) = _one_layer_case("lstm", 3, 2, 2, 6, seed=6)
     h, c = np.zeros((2, 3)), np.zeros((2, 3))
     steps = []  # (c_prev, i, f, g, o, c)
-    for t in range(inputs.shape[1]):
+    for t in range(x.shape[1]):
         z_i, z_f, z_c, z_o = np.split(x[:, t] @ w_x + h @ w_h + b, 4, axis=-1)
         i, f, g, o = _sigmoid(z_i), _sigmoid(z_f), np.tanh(z_c), _sigmoid(z_o)
         steps.append((c, i, f, g, o, f * c + i * g))
