@@ -37,6 +37,13 @@ import numpy as np
 CHECKPOINT_FILE = "latest.npz"
 
 
+def _set_initial_epoch(model: keras.Model, epoch: int) -> None:
+    """Make the running ``fit`` continue at ``epoch``: Keras reads the private
+    ``model._initial_epoch`` after ``on_train_begin``. The one Keras internal this module
+    touches; ``keras_rnnlm.compat.set_initial_epoch`` is meant to replace it."""
+    model._initial_epoch = epoch
+
+
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Save the full training state atomically at every epoch end; restore it at train begin.
 
@@ -99,7 +106,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 variable.assign(value)
         self.restored_epoch = self.saved_epoch = meta["epoch"]
         self.history = meta["history"]
-        self.model._initial_epoch = self.restored_epoch  # read by fit() after on_train_begin
+        _set_initial_epoch(self.model, self.restored_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
