@@ -262,3 +262,21 @@ def test_cli_choices_are_the_library_constants():
             parser.parse_args(["train", flag, name])
         with pytest.raises(SystemExit):  # argparse: invalid choice
             parser.parse_args(["train", flag, "no_such_choice"])
+
+
+def test_package_import_is_lazy_and_every_public_name_resolves():
+    code = (
+        "import sys, keras_rnnlm; lazy = 'tensorflow' not in sys.modules; "
+        "names = {n: getattr(keras_rnnlm, n) for n in keras_rnnlm.__all__}; "
+        "ns = {}; exec('from keras_rnnlm import *', ns); "
+        "print(lazy, sorted(set(ns) - {'__builtins__'}) == sorted(names), "
+        "keras_rnnlm.RNNLanguageModel.__module__, keras_rnnlm.plotting.__name__)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == ["True", "True", "keras_rnnlm.models", "keras_rnnlm.plotting"], (
+        proc.stderr[-2000:]
+    )
+    import keras_rnnlm
+
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        keras_rnnlm.no_such_name  # noqa: B018
