@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from keras_rnnlm.gradient_monitor import GradientNormMonitor
 from keras_rnnlm.layers import _as_list
+from keras_rnnlm.models import check_token_ids
 from keras_rnnlm.plotting import plot_gradient_norm_trace, plot_norms_by_distance
 
 __all__ = [
@@ -54,10 +55,11 @@ def _state_names(cell) -> list[str]:
     return ["h", "c"][: len(sizes)] if len(sizes) <= 2 else [f"s{i}" for i in range(len(sizes))]
 
 
-def _check_ids(token_ids) -> np.ndarray:
+def _check_ids(model, token_ids) -> np.ndarray:
+    """``token_ids`` as int32 after the library's id checks (rank 2, integers, inside the
+    model's vocabulary) and the diagnostics' own: no padding."""
     ids = np.asarray(token_ids)
-    if ids.ndim != 2:
-        raise ValueError(f"token_ids must be (batch, time), got shape {ids.shape}.")
+    check_token_ids(ids, model.vocabulary_size, rank=2)
     if np.any(ids == 0):
         raise ValueError(
             "token_ids contains padding (id 0); the diagnostics unroll unmasked sequences."
@@ -187,7 +189,7 @@ def gradient_norms_by_distance(
     >>> norms["c"].shape
     (2, 21)
     """
-    ids = _check_ids(token_ids)
+    ids = _check_ids(model, token_ids)
     if targets is None:
         ids, target_ids = ids[:, :-1], ids[:, -1]
     else:
@@ -265,7 +267,7 @@ def jacobian_spectrum(model: keras.Model, token_ids, layer: int = 0) -> dict:
     >>> spectrum = jacobian_spectrum(model, ids)
     >>> spectrum["mean_step_max_singular"].max() <= spectrum["recurrent_kernel_max_singular"]
     """
-    ids = _check_ids(token_ids)
+    ids = _check_ids(model, token_ids)
     if not model.built:
         model(ids[:, :1])
     cells = _recurrent_cells(model)

@@ -107,6 +107,10 @@ def test_norms_by_distance_shapes_and_validation():
     np.testing.assert_allclose(explicit["h"], norms["h"])
     with pytest.raises(ValueError, match="padding"):
         gradient_norms_by_distance(model, np.zeros((1, 4), "int32"))
+    with pytest.raises(ValueError, match=f"Token id {VOCAB} is outside the vocabulary"):
+        gradient_norms_by_distance(model, np.full((1, 4), VOCAB, "int32"))
+    with pytest.raises(ValueError, match="rank 2"):
+        jacobian_spectrum(model, ids[0])
     with pytest.raises(ValueError, match="max_distance"):
         gradient_norms_by_distance(model, ids, max_distance=8)
 
