@@ -23,6 +23,7 @@ Where things are:
 """
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -75,7 +76,8 @@ def __getattr__(name: str):
     """Import ``name`` from its module on first use (PEP 562) and cache it in the package.
 
     Args:
-        name: a public name of the package (one of ``__all__``).
+        name: a public name of the package (one of ``__all__``), or one of its modules
+            (``keras_rnnlm.training`` works after a bare ``import keras_rnnlm``).
 
     Returns:
         The object ``name`` refers to.
@@ -86,9 +88,12 @@ def __getattr__(name: str):
     >>> keras_rnnlm.RNNLanguageModel  # imports keras_rnnlm.models (and TensorFlow) now
     """
     module = _EXPORTS.get(name)
-    if module is None:
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+        value = importlib.import_module(f"{__name__}.{name}")  # keras_rnnlm.training etc.
+    else:
         raise AttributeError(f"module 'keras_rnnlm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
