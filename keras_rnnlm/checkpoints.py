@@ -37,6 +37,13 @@ import numpy as np
 CHECKPOINT_FILE = "latest.npz"
 
 
+def _set_initial_epoch(model: keras.Model, epoch: int) -> None:
+    """Make the running ``fit`` continue at ``epoch``: Keras reads the private
+    ``model._initial_epoch`` after ``on_train_begin``. The one Keras internal this module
+    touches; ``keras_rnnlm.compat.set_initial_epoch`` is meant to replace it."""
+    model._initial_epoch = epoch
+
+
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Save the full training state atomically at every epoch end; restore it at train begin.
 
@@ -99,7 +106,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 variable.assign(value)
         self.restored_epoch = self.saved_epoch = meta["epoch"]
         self.history = meta["history"]
-        self.model._initial_epoch = self.restored_epoch  # read by fit() after on_train_begin
+        _set_initial_epoch(self.model, self.restored_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
@@ -125,15 +132,27 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 self.directory.rmdir()
 
 
+def _current_umask() -> int:
+    """The process's file-creation mask (``os.umask`` can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _replacing(path, suffix: str):
     """A temporary file beside ``path``, renamed over ``path`` when the block succeeds (atomic
-    on POSIX) and removed when it fails: ``path`` is never left half-written."""
+    on POSIX) and removed when it fails: ``path`` is never left half-written.
+
+    ``tempfile.mkstemp`` creates the file with mode 0600, which the rename would keep; before
+    the rename it gets the mode of a file created by ``open``: ``0o666 & ~umask`` (0644 under
+    the usual umask 022), so that other users and serving containers can read the run."""
     path = Path(path)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
     os.close(descriptor)
     try:
         yield temporary
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

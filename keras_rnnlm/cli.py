@@ -1,32 +1,63 @@
-"""``keras-rnnlm`` command line: train | evaluate."""
+"""``keras-rnnlm`` command line: train | evaluate | export | generate | score.
+
+Building the parser imports neither TensorFlow nor Keras (the choices come from
+``keras_rnnlm.constants``), so ``--help`` is instant. ``main`` then silences TensorFlow's C++
+logging *before* TensorFlow is first imported (``keras_rnnlm.tf_logging``), unless the
+command has ``--tf-logs`` or the environment sets ``TF_CPP_MIN_LOG_LEVEL`` itself, and only
+then runs the command, whose function imports the library.
+
+Exit codes: 0 done; 1 unexpected error (one line naming it; ``--traceback`` prints the stack);
+2 bad input or settings (the message names it); 3 training diverged (NaN or exploding loss; the
+last good checkpoint is kept).
+"""
 
 import argparse
 import dataclasses
 import json
-import os
 import sys
+import traceback
+from collections.abc import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from keras_rnnlm import constants
+from keras_rnnlm.tf_logging import configure_tensorflow_logging
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+#: exceptions that mean "the input or the settings are wrong" (exit 2, message only)
+BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
-def _add_train_parser(subparsers):
-    from keras_rnnlm.runs import TrainConfig
+def _common_options() -> argparse.ArgumentParser:
+    """Options every command takes (a parent parser)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--tf-logs",
+        action="store_true",
+        help="show TensorFlow's C++ log lines (hidden unless TF_CPP_MIN_LOG_LEVEL is set)",
+    )
+    common.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an unexpected error, print the full Python traceback",
+    )
+    return common
 
-    d = TrainConfig()
+
+def _add_train_parser(subparsers, common):
     p = subparsers.add_parser(
         "train",
         help="train a language model (default: LSTM on the offline python_docs corpus)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
     )
     p.add_argument(
         "--preset",
-        choices=["small", "medium", "large"],
+        choices=constants.PRESET_NAMES,
         help="Zaremba et al. 2014 PTB settings (stream mode); other flags override them",
     )
     p.add_argument(
         "--corpus",
-        choices=["python_docs", "ptb", "tiny_shakespeare"],
-        help=f"default {d.corpus} ({d.corpus!r} is offline)",
+        choices=constants.CORPORA,
+        help=f"default {constants.DEFAULT_CORPUS} ({constants.DEFAULT_CORPUS!r} is offline)",
     )
     p.add_argument("--train-file", help="your own training text, one sentence per line")
     p.add_argument("--valid-file")
@@ -35,9 +66,9 @@ def _add_train_parser(subparsers):
     p.add_argument(
         "--manual-dir", help="directory with the raw corpus files (default ../shared/data/<corpus>)"
     )
-    p.add_argument("--level", choices=["word", "char"], help="default: the corpus's own")
-    p.add_argument("--mode", choices=["sentence", "stream"])
-    p.add_argument("--cell", choices=["lstm", "gru", "simple_rnn"])
+    p.add_argument("--level", choices=constants.LEVELS, help="default: the corpus's own")
+    p.add_argument("--mode", choices=constants.MODES)
+    p.add_argument("--cell", choices=constants.CELL_NAMES)
     p.add_argument("--num-layers", type=int)
     p.add_argument("--units", type=int)
     p.add_argument("--embedding-dim", type=int)
@@ -50,12 +81,12 @@ def _add_train_parser(subparsers):
     p.add_argument("--max-vocabulary-size", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps-per-epoch", type=int)
-    p.add_argument("--optimizer", choices=["sgd", "adam"])
+    p.add_argument("--optimizer", choices=constants.OPTIMIZERS)
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--clip-norm", type=float, help="gradient norm limit (<= 0: no clipping)")
     p.add_argument(
         "--clipping",
-        choices=["global", "per_variable", "none"],
+        choices=constants.CLIPPING,
         help="global = the lecture's clipping",
     )
     p.add_argument("--decay-start-epoch", type=int)
@@ -77,7 +108,7 @@ def _add_train_parser(subparsers):
         "--jit-recurrence",
         dest="jit_compile",
         action="store_const",
-        const="recurrence",
+        const=constants.JIT_RECURRENCE,
         help="graph-mode train step with XLA-compiled time loops (preset default; fastest on "
         "CPU with --output-dtype bfloat16)",
     )
@@ -90,24 +121,24 @@ def _add_train_parser(subparsers):
     )
     p.add_argument(
         "--output-dtype",
-        choices=["float32", "bfloat16"],
+        choices=constants.OUTPUT_DTYPES,
         help="compute dtype of the output layer's matmuls (weights stay float32)",
     )
     p.add_argument(
         "--strategy",
-        choices=["default", "mirrored", "multi_worker", "tpu"],
+        choices=constants.STRATEGIES,
         help="tf.distribute strategy (exact global clipping across replicas; "
         "multi_worker reads TF_CONFIG, tpu reads TPU_NAME)",
     )
     p.add_argument(
         "--encoding-errors",
-        choices=["strict", "replace"],
+        choices=constants.ENCODING_ERRORS,
         help="text files with bytes that are not UTF-8: fail (strict) or read them as U+FFFD",
     )
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--output",
-        help=f"run directory (default {d.output}); rerunning an interrupted run resumes it",
+        help=f"run directory (default {constants.DEFAULT_OUTPUT}); rerunning an interrupted run resumes it",
     )
     p.add_argument("--overwrite", action="store_true", default=None)
     p.add_argument("--verbose", type=int, choices=[0, 1, 2])
@@ -132,7 +163,7 @@ def _train(args):
         metrics = train(config)
     except TrainingDivergedError as error:
         print(f"keras-rnnlm train: error: {error}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
     print(f"\nRun written to {config.output}/")
     for split in ("train", "valid", "test"):
         if split in metrics:
@@ -145,8 +176,10 @@ def _train(args):
     return 0
 
 
-def _add_evaluate_parser(subparsers):
-    p = subparsers.add_parser("evaluate", help="perplexity of a trained run's model on a text file")
+def _add_evaluate_parser(subparsers, common):
+    p = subparsers.add_parser(
+        "evaluate", help="perplexity of a trained run's model on a text file", parents=[common]
+    )
     p.add_argument("run_dir")
     p.add_argument("--test-file", required=True, help="text, one sentence per line")
     p.add_argument("--batch-size", type=int, default=32)
@@ -161,19 +194,18 @@ def _evaluate(args):
     return 0
 
 
-def _add_generate_parser(subparsers):
+def _add_generate_parser(subparsers, common):
     p = subparsers.add_parser(
         "generate",
         help="continue a prompt with a trained run's model (greedy, sampling, top-k/p, beam)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
     )
     p.add_argument("run_dir")
     p.add_argument(
         "--prompt", help="text to continue (<bos> is prepended); omit it to start a sentence"
     )
-    p.add_argument(
-        "--strategy", choices=["greedy", "sample", "top_k", "top_p", "beam"], default="top_p"
-    )
+    p.add_argument("--strategy", choices=constants.SAMPLER_NAMES, default="top_p")
     p.add_argument("--temperature", type=float, default=1.0, help="sample, top_k, top_p")
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.9)
@@ -231,9 +263,11 @@ def _generate(args):
     return 0
 
 
-def _add_score_parser(subparsers):
+def _add_score_parser(subparsers, common):
     p = subparsers.add_parser(
-        "score", help="log-probability of sentences and perplexity of a text under a run's model"
+        "score",
+        help="log-probability of sentences and perplexity of a text under a run's model",
+        parents=[common],
     )
     p.add_argument("run_dir")
     source = p.add_mutually_exclusive_group(required=True)
@@ -267,8 +301,10 @@ def _score(args):
     return 0
 
 
-def _add_export_parser(subparsers):
-    p = subparsers.add_parser("export", help="export a trained run as a SavedModel for serving")
+def _add_export_parser(subparsers, common):
+    p = subparsers.add_parser(
+        "export", help="export a trained run as a SavedModel for serving", parents=[common]
+    )
     p.add_argument("run_dir")
     p.add_argument("savedmodel_dir")
     p.add_argument("--overwrite", action="store_true")
@@ -284,27 +320,72 @@ def _export(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``keras-rnnlm`` argument parser (imports neither TensorFlow nor Keras).
+
+    Returns:
+        An ``argparse.ArgumentParser`` whose parsed namespace has ``func``, the command.
+
+    Example:
+
+    >>> args = build_parser().parse_args(["train", "--epochs", "1"])
+    >>> args.command, args.epochs
+    ('train', 1)
+    """
     parser = argparse.ArgumentParser(
-        prog="keras-rnnlm", description="RNN language models on Keras 3."
+        prog="keras-rnnlm",
+        description="RNN language models on Keras 3.",
+        epilog="exit codes: 0 done, 1 unexpected error, 2 bad input or settings, "
+        "3 training diverged",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_train_parser(subparsers)
-    _add_evaluate_parser(subparsers)
-    _add_export_parser(subparsers)
-    _add_generate_parser(subparsers)
-    _add_score_parser(subparsers)
+    common = _common_options()
+    _add_train_parser(subparsers, common)
+    _add_evaluate_parser(subparsers, common)
+    _add_export_parser(subparsers, common)
+    _add_generate_parser(subparsers, common)
+    _add_score_parser(subparsers, common)
     return parser
 
 
-def main(argv=None) -> int:
-    """Run the CLI. Exit codes: 0 done, 2 bad input or settings (message names it),
-    3 training diverged (NaN or exploding loss; the last good checkpoint is kept)."""
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        ``EXIT_OK`` (0) when done; ``EXIT_UNEXPECTED`` (1) for an unexpected exception, with a
+        one-line hint on stderr (``--traceback`` adds the stack); ``EXIT_BAD_INPUT`` (2) for
+        bad input or settings (the message names it); ``EXIT_DIVERGED`` (3) when training
+        diverged (NaN or exploding loss; the last good checkpoint is kept).
+
+    Example:
+
+    >>> main(["train", "--epochs", "1", "--output", "/tmp/run"])
+    0
+    """
     args = build_parser().parse_args(argv)
     try:
+        configure_tensorflow_logging(show=args.tf_logs)
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
+    except BAD_INPUT_ERRORS as error:
         print(f"keras-rnnlm {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except Exception as error:  # anything else is a bug or an environment problem, not input
+        if args.traceback:
+            traceback.print_exc()
+        hint = "" if args.traceback else "; rerun with --traceback for details"
+        print(
+            f"keras-rnnlm {args.command}: unexpected error: "
+            f"{type(error).__name__}: {_first_line(error)}{hint}",
+            file=sys.stderr,
+        )
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

@@ -14,20 +14,31 @@ gradient at distance 0. This module measures these quantities on any ``RNNLangua
 * ``jacobian_spectrum``: largest singular value of the one-step state Jacobian along a sequence,
   and of the recurrent kernel ``W_h``.
 * ``GradientNormMonitor``: a callback logging every training step's gradient norm *before*
-  clipping and whether the optimizer's clipping fired.
-* ``plot_norms_by_distance`` and ``plot_gradient_norm_trace``: matplotlib figures.
+  clipping and whether the optimizer's clipping fired (defined in
+  ``keras_rnnlm.gradient_monitor``, importable from here too).
+* ``plot_norms_by_distance`` and ``plot_gradient_norm_trace``: matplotlib figures (defined in
+  ``keras_rnnlm.plotting``, importable from here too).
 """
 
 from __future__ import annotations
-
-import math
-from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_rnnlm.gradient_monitor import GradientNormMonitor
 from keras_rnnlm.layers import _as_list
+from keras_rnnlm.models import check_token_ids
+from keras_rnnlm.plotting import plot_gradient_norm_trace, plot_norms_by_distance
+
+__all__ = [
+    "GradientNormMonitor",  # re-exported from keras_rnnlm.gradient_monitor
+    "gradient_norms_by_distance",
+    "jacobian_spectrum",
+    "last_position_loss",
+    "plot_gradient_norm_trace",  # re-exported from keras_rnnlm.plotting
+    "plot_norms_by_distance",  # re-exported from keras_rnnlm.plotting
+]
 
 _PACKAGE = "keras_rnnlm"
 
@@ -44,10 +55,11 @@ def _state_names(cell) -> list[str]:
     return ["h", "c"][: len(sizes)] if len(sizes) <= 2 else [f"s{i}" for i in range(len(sizes))]
 
 
-def _check_ids(token_ids) -> np.ndarray:
+def _check_ids(model, token_ids) -> np.ndarray:
+    """``token_ids`` as int32 after the library's id checks (rank 2, integers, inside the
+    model's vocabulary) and the diagnostics' own: no padding."""
     ids = np.asarray(token_ids)
-    if ids.ndim != 2:
-        raise ValueError(f"token_ids must be (batch, time), got shape {ids.shape}.")
+    check_token_ids(ids, model.vocabulary_size, rank=2)
     if np.any(ids == 0):
         raise ValueError(
             "token_ids contains padding (id 0); the diagnostics unroll unmasked sequences."
@@ -56,17 +68,22 @@ def _check_ids(token_ids) -> np.ndarray:
 
 
 def _lstm_step(cell, x, states, delta_c=None):
-    """One LSTM step (Keras layout and gate order ``i, f, c, o``) with ``delta_c`` added to
-    ``c_t`` *before* ``h_t = o * tanh(c_t)``, so that ``dJ/d(delta_c)`` is the total
-    derivative ``dJ/dc_t`` (through ``h_t`` as well as through ``c_{t+1}``)."""
+    """One LSTM step with ``delta_c`` added to ``c_t`` *before* ``h_t = o * tanh(c_t)``, so that
+    ``dJ/d(delta_c)`` is the total derivative ``dJ/dc_t`` (through ``h_t`` as well as through
+    ``c_{t+1}``). Without ``delta_c`` it is the cell's own ``call``.
+
+    A cell's step does not return the output gate ``o``, so the perturbed step restates the
+    gate equations in the weight layout shared by ``keras_rnnlm.cells.LSTMCell`` and Keras's
+    ``LSTMCell`` (gate order ``i, f, c, o``), which ``test_gradient_norms_match_finite_
+    differences`` and ``test_norms_match_keras_builtin_layers`` hold to the cells' own output."""
+    if delta_c is None:
+        return _as_list(cell.call(x, states)[1])
     h_prev, c_prev = states
     z = tf.matmul(x, cell.kernel) + tf.matmul(h_prev, cell.recurrent_kernel)
     if cell.use_bias:
         z = z + cell.bias
     z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
-    c = tf.sigmoid(z_f) * c_prev + tf.sigmoid(z_i) * tf.tanh(z_c)
-    if delta_c is not None:
-        c = c + delta_c
+    c = tf.sigmoid(z_f) * c_prev + tf.sigmoid(z_i) * tf.tanh(z_c) + delta_c
     h = tf.sigmoid(z_o) * tf.tanh(c)
     return [h, c]
 
@@ -172,7 +189,7 @@ def gradient_norms_by_distance(
     >>> norms["c"].shape
     (2, 21)
     """
-    ids = _check_ids(token_ids)
+    ids = _check_ids(model, token_ids)
     if targets is None:
         ids, target_ids = ids[:, :-1], ids[:, -1]
     else:
@@ -250,7 +267,7 @@ def jacobian_spectrum(model: keras.Model, token_ids, layer: int = 0) -> dict:
     >>> spectrum = jacobian_spectrum(model, ids)
     >>> spectrum["mean_step_max_singular"].max() <= spectrum["recurrent_kernel_max_singular"]
     """
-    ids = _check_ids(token_ids)
+    ids = _check_ids(model, token_ids)
     if not model.built:
         model(ids[:, :1])
     cells = _recurrent_cells(model)
@@ -290,226 +307,3 @@ def jacobian_spectrum(model: keras.Model, token_ids, layer: int = 0) -> dict:
         "recurrent_kernel_max_singular": float(np.linalg.norm(kernel, 2)),
         "recurrent_kernel_gate_max_singular": np.array([np.linalg.norm(g, 2) for g in gates]),
     }
-
-
-def _dense(g):
-    return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-
-
-class GradientNormMonitor(keras.callbacks.Callback):
-    """Logs every training step's global gradient norm *before* clipping, and whether the
-    optimizer's clipping fired.
-
-    Design: Keras 3 clips inside ``optimizer.apply_gradients``, after ``train_step`` has
-    computed the gradients, and callbacks never see the gradients. At ``on_train_begin`` the
-    monitor wraps the optimizer's ``apply_gradients`` (an instance attribute, so nothing else
-    is affected) with a function that first stores the norms of the very gradients it receives,
-    i.e. of the batch used for this update, in non-trainable ``tf.Variable`` s, then calls the
-    original method. The train function is re-traced so that the wrapper is compiled in (it
-    also works under ``jit_compile=True``). ``on_train_end`` removes the wrapper and drops the
-    traced function again. Requires ``steps_per_execution=1`` (one update per logged step).
-    With a mixed-precision ``LossScaleOptimizer`` the logged norms are those of the *scaled*
-    gradients (the ones ``apply_gradients`` receives).
-
-    Logged per step (in ``self.history`` and in the batch ``logs``, so a ``TensorBoard``
-    callback placed *after* the monitor with ``update_freq="batch"`` writes them; History
-    receives the epoch mean/max):
-
-    * ``grad_norm``: ``||g|| = sqrt(sum_v ||g_v||^2)`` of the dense gradients (equal to
-      ``tf.linalg.global_norm`` of the gradients with ``tf.IndexedSlices`` densified).
-    * ``keras_grad_norm``: the norm Keras's clipping actually compares with the threshold.
-      Keras sums the squares of an ``IndexedSlices``' *values*, so for an embedding whose
-      rows repeat within a batch it differs from ``grad_norm``.
-    * ``max_variable_norm``: the largest single-variable norm (what ``clipnorm`` compares).
-    * ``clipped``: 1.0 if clipping changed the update (``keras_grad_norm > global_clipnorm``
-      for global clipping, some variable's norm ``> clipnorm`` for per-variable clipping),
-      else 0.0.
-
-    Args:
-        log_dir: optional directory; if set, the per-step values are also written as
-            TensorBoard scalars (``tf.summary``, needs the ``tensorboard`` package), step =
-            optimizer iteration.
-
-    Example:
-
-    >>> monitor = GradientNormMonitor()
-    >>> model.fit(dataset, epochs=1, callbacks=[monitor])
-    >>> monitor.history["grad_norm"][:3]
-    """
-
-    KEYS = ("grad_norm", "keras_grad_norm", "max_variable_norm", "clipped")
-
-    def __init__(self, log_dir: str | None = None):
-        super().__init__()
-        self.log_dir = log_dir
-        self.history = {key: [] for key in self.KEYS}
-        self._epoch_values = {key: [] for key in self.KEYS}
-        self._writer = None
-        self._optimizer = None
-
-    def on_train_begin(self, logs=None):
-        if getattr(self.model, "steps_per_execution", 1) not in (1, None):
-            raise ValueError("GradientNormMonitor needs steps_per_execution=1.")
-        optimizer = self.model.optimizer
-        self._norm = tf.Variable(0.0, trainable=False, dtype="float32")
-        self._keras_norm = tf.Variable(0.0, trainable=False, dtype="float32")
-        self._max_var = tf.Variable(0.0, trainable=False, dtype="float32")
-        original = type(optimizer).apply_gradients.__get__(optimizer)
-        monitor = self
-
-        def apply_gradients(grads_and_vars):
-            grads_and_vars = list(grads_and_vars)
-            grads = [g for g, _ in grads_and_vars if g is not None]
-            monitor._norm.assign(
-                tf.cast(tf.linalg.global_norm([_dense(g) for g in grads]), "float32")
-            )
-            monitor._keras_norm.assign(tf.cast(tf.linalg.global_norm(grads), "float32"))
-            monitor._max_var.assign(
-                tf.cast(
-                    tf.reduce_max(tf.stack([tf.linalg.global_norm([g]) for g in grads])), "float32"
-                )
-            )
-            return original(grads_and_vars)
-
-        optimizer.apply_gradients = apply_gradients
-        self._optimizer = optimizer
-        self.model.make_train_function(force=True)
-        if self.log_dir is not None:
-            try:
-                import tensorboard  # noqa: F401  (tf.summary.scalar needs it)
-            except ImportError as error:
-                raise ImportError(
-                    "GradientNormMonitor(log_dir=...) writes TensorBoard scalars and needs the "
-                    "`tensorboard` package (pip install tensorboard); or leave log_dir=None."
-                ) from error
-            self._writer = tf.summary.create_file_writer(self.log_dir)
-
-    def _clip_fired(self, keras_norm, max_var):
-        optimizer = self._optimizer
-        if getattr(optimizer, "global_clipnorm", None):
-            return keras_norm > optimizer.global_clipnorm
-        if getattr(optimizer, "clipnorm", None):
-            return max_var > optimizer.clipnorm
-        return False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_values = {key: [] for key in self.KEYS}
-
-    def on_train_batch_end(self, batch, logs=None):
-        values = {
-            "grad_norm": float(self._norm.numpy()),
-            "keras_grad_norm": float(self._keras_norm.numpy()),
-            "max_variable_norm": float(self._max_var.numpy()),
-        }
-        values["clipped"] = float(
-            self._clip_fired(values["keras_grad_norm"], values["max_variable_norm"])
-        )
-        for key, value in values.items():
-            self.history[key].append(value)
-            self._epoch_values[key].append(value)
-        if logs is not None:
-            logs.update(values)
-        if self._writer is not None:
-            step = int(self._optimizer.iterations.numpy())
-            with self._writer.as_default(step=step):
-                for key, value in values.items():
-                    tf.summary.scalar(f"gradients/{key}", value)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None or not self._epoch_values["grad_norm"]:
-            return
-        norms = np.array(self._epoch_values["grad_norm"])
-        finite = norms[np.isfinite(norms)]
-        logs["grad_norm_mean"] = float(finite.mean()) if finite.size else math.nan
-        logs["grad_norm_max"] = float(norms.max())
-        logs["clipped_fraction"] = float(np.mean(self._epoch_values["clipped"]))
-
-    def on_train_end(self, logs=None):
-        if self._optimizer is not None and "apply_gradients" in vars(self._optimizer):
-            del self._optimizer.apply_gradients
-        self.model.train_function = None  # re-trace without the wrapper next time
-        if self._writer is not None:
-            self._writer.flush()
-
-
-def plot_norms_by_distance(
-    norms: dict | Sequence[tuple[str, dict]],
-    key: str = "h",
-    layer: int = -1,
-    ratio: bool = True,
-    bounds: dict | None = None,
-    ax=None,
-):
-    """Log-scale plot of gradient norm (or ratio to ``k = 0``) against distance ``k``.
-
-    Args:
-        norms: one result of ``gradient_norms_by_distance``, or a list of ``(label, result)``.
-        key: ``"h"``, ``"c"`` or ``"input"``.
-        layer: which layer for ``"h"``/``"c"``.
-        ratio: plot ``||g_k|| / ||g_0||`` (True) or the raw norms.
-        bounds: optional ``{label: c}``: also draw ``c^k`` dashed (the SimpleRNN bound).
-        ax: optional matplotlib axes.
-
-    Returns:
-        The matplotlib axes.
-
-    Example:
-
-    >>> plot_norms_by_distance([("lstm", lstm_norms), ("rnn", rnn_norms)], key="h")
-    """
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
-    items = [("", norms)] if isinstance(norms, dict) else list(norms)
-    for label, result in items:
-        values = result[f"{key}_ratio" if ratio else key]
-        if values.ndim == 2:
-            values = values[layer]
-        ax.semilogy(result["distance"], values, label=label or key)
-    for label, c in (bounds or {}).items():
-        k = items[0][1]["distance"]
-        ax.semilogy(k, float(c) ** k, "--", color="gray", linewidth=1, label=label)
-    ax.set_xlabel("distance k")
-    ax.set_ylabel(f"||dJ/d{key}^(t-k)||" + (" / ||dJ/d" + key + "^(t)||" if ratio else ""))
-    if any(label for label, _ in items) or bounds:
-        ax.legend(fontsize="small")
-    ax.grid(True, which="both", alpha=0.3)
-    return ax
-
-
-def plot_gradient_norm_trace(
-    traces: dict, clip_norm: float | None = None, losses: dict | None = None, ax=None
-):
-    """Gradient norm (before clipping) per training step, log scale; optional loss panel.
-
-    Args:
-        traces: ``{label: sequence of per-step norms}`` (e.g. ``monitor.history["grad_norm"]``).
-        clip_norm: optional threshold drawn as a horizontal line.
-        losses: optional ``{label: per-step losses}``, drawn in a second panel.
-        ax: optional axes (one, or two when ``losses`` is given).
-
-    Returns:
-        The matplotlib axes (a tuple of two when ``losses`` is given).
-    """
-    import matplotlib.pyplot as plt
-
-    panels = 2 if losses else 1
-    if ax is None:
-        _, ax = plt.subplots(1, panels, figsize=(6 * panels, 4))
-    axes = tuple(np.atleast_1d(ax))
-    for label, values in traces.items():
-        axes[0].semilogy(np.arange(1, len(values) + 1), values, label=label)
-    if clip_norm is not None:
-        axes[0].axhline(clip_norm, color="gray", linestyle="--", label="clip norm")
-    axes[0].set_xlabel("training step")
-    axes[0].set_ylabel("global gradient norm before clipping")
-    axes[0].legend(fontsize="small")
-    if losses:
-        for label, values in losses.items():
-            axes[1].plot(np.arange(1, len(values) + 1), values, label=label)
-        axes[1].set_xlabel("training step")
-        axes[1].set_ylabel("training loss")
-        axes[1].set_yscale("log")
-        axes[1].legend(fontsize="small")
-    return axes if losses else axes[0]

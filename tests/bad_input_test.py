@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_rnnlm.cells import GRUCell, LSTMCell, SimpleRNNCell
 from keras_rnnlm.cli import main
 from keras_rnnlm.data.corpora import read_lines
 from keras_rnnlm.data.pipelines import sentence_dataset
-from keras_rnnlm.layers import Recurrent
+from keras_rnnlm.layers import Recurrent, StackedRecurrent
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.runs import TrainConfig, train
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+# keras_rnnlm.runs.train calls model.fit on a tf.data.Dataset without shuffle=False, so Keras
+# warns that shuffle=True is ignored (the data order is the pipeline's own, by design)
+pytestmark = pytest.mark.filterwarnings("ignore:`shuffle=True` was passed:UserWarning")
 
 TINY = ["--units", "8", "--embedding-dim", "8", "--num-layers", "1", "--batch-size", "4",
         "--epochs", "1", "--verbose", "0", "--no-jit-compile"]  # fmt: skip
@@ -118,9 +121,17 @@ def test_bad_settings(tmp_path, field, value, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_zero_units_in_a_layer():
-    with pytest.raises(ValueError, match="units"):
-        Recurrent("lstm", units=0)
+@pytest.mark.parametrize("units", [0, -3, 2.5, True, None])
+def test_units_that_are_not_a_positive_integer(units):
+    message = f"`units` must be a positive integer, got {units!r}"
+    for cell in (SimpleRNNCell, LSTMCell, GRUCell):
+        with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+            cell(units)
+    with pytest.raises(ValueError, match="`units` must be a positive integer, got 0"):
+        StackedRecurrent("gru", units=[8, 0])  # the second layer's
+    with pytest.raises(ValueError, match="`units` must be a positive integer, got 0"):
+        RNNLanguageModel(10, units=0)
+    Recurrent(LSTMCell(2))  # a valid cell is accepted: the checks above are about units
 
 
 def test_cli_zero_batch_size(tmp_path, capsys):

@@ -123,3 +123,95 @@ def test_step_with_residuals_is_step(cell_class):
     for ours, reference in zip(states_out, expected, strict=True):
         np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-6)
     assert residuals.shape[0] == 4
+
+
+# Golden values: hand-chosen weights, outputs written out from the lecture's equations in
+# numpy (not from Keras), two steps so that the recurrence is exercised.
+GOLD_X = np.array([[[1.0, -0.5, 0.25], [0.0, 2.0, -1.0]]], "float32")  # (batch 1, time 2, 3)
+GOLD_UNITS = 2
+
+
+def _gold_weights(shape, offset):
+    """Small distinct hand-chosen values: 0.1 * ((i * 7 + offset) % 11 - 5)."""
+    n = int(np.prod(shape))
+    return (0.1 * (((np.arange(n) * 7 + offset) % 11) - 5)).reshape(shape).astype("float32")
+
+
+def _sig(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _run_cell(cell, states):
+    cell.build((None, 3))
+    weights = [_gold_weights(w.shape, i + 1) for i, w in enumerate(cell.weights)]
+    cell.set_weights(weights)
+    outputs = []
+    for t in range(GOLD_X.shape[1]):
+        output, states = cell.call(tf.constant(GOLD_X[:, t]), states)
+        outputs.append(np.asarray(output))
+    return weights, outputs, [np.asarray(s) for s in states]
+
+
+def test_golden_simple_rnn_literal_values():
+    cell = SimpleRNNCell(2)
+    cell.build((None, 2))
+    cell.set_weights(
+        [np.array([[0.5, 0.0], [0.0, 0.0]]), np.eye(2), np.array([0.0, 0.1])]  # W_x, W_h, b
+    )
+    h, _ = cell.call(tf.constant([[1.0, 3.0]]), [tf.constant([[0.2, -0.4]])])
+    # a = x W_x + h W_h + b = [0.5 + 0.2, 0 - 0.4 + 0.1]
+    np.testing.assert_allclose(np.asarray(h), [[np.tanh(0.7), np.tanh(-0.3)]], rtol=1e-6)
+
+
+def test_golden_simple_rnn():
+    (w_x, w_h, b), outputs, _ = _run_cell(SimpleRNNCell(GOLD_UNITS), [tf.zeros((1, 2))])
+    h = np.zeros((1, 2))
+    for t in range(2):
+        h = np.tanh(GOLD_X[:, t] @ w_x + h @ w_h + b)
+        np.testing.assert_allclose(outputs[t], h, rtol=1e-5, atol=1e-6)
+
+
+def test_golden_lstm():
+    cell = LSTMCell(GOLD_UNITS)
+    h0, c0 = np.array([[0.3, -0.2]]), np.array([[0.5, 1.0]])
+    (w_x, w_h, b), outputs, (h_last, c_last) = _run_cell(
+        cell, [tf.constant(h0, "float32"), tf.constant(c0, "float32")]
+    )
+    h, c = h0, c0
+    u = GOLD_UNITS
+    for t in range(2):
+        z = GOLD_X[:, t] @ w_x + h @ w_h + b
+        i = _sig(z[:, 0:u])  # gate order i, f, c, o
+        f = _sig(z[:, u : 2 * u])
+        g = np.tanh(z[:, 2 * u : 3 * u])
+        o = _sig(z[:, 3 * u : 4 * u])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        np.testing.assert_allclose(outputs[t], h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c_last, c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h_last, h, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_golden_gru(reset_after):
+    cell = GRUCell(GOLD_UNITS, reset_after=reset_after)
+    h0 = np.array([[0.4, -0.6]])
+    (w_x, w_h, b), outputs, _ = _run_cell(cell, [tf.constant(h0, "float32")])
+    u = GOLD_UNITS
+    b_x, b_h = (b[0], b[1]) if reset_after else (b, np.zeros_like(b))
+    h = h0
+    for t in range(2):
+        x = GOLD_X[:, t]
+        x_z, x_r, x_h = (
+            x @ w_x[:, k * u : (k + 1) * u] + b_x[k * u : (k + 1) * u] for k in range(3)
+        )
+        h_z = h @ w_h[:, 0:u] + b_h[0:u]  # gate order z, r, h
+        h_r = h @ w_h[:, u : 2 * u] + b_h[u : 2 * u]
+        z = _sig(x_z + h_z)
+        r = _sig(x_r + h_r)
+        if reset_after:  # reset applied to the recurrent projection (Keras's default, cuDNN)
+            n = np.tanh(x_h + r * (h @ w_h[:, 2 * u :] + b_h[2 * u :]))
+        else:  # the original paper: reset applied to h before the product
+            n = np.tanh(x_h + (r * h) @ w_h[:, 2 * u :])
+        h = z * h + (1.0 - z) * n
+        np.testing.assert_allclose(outputs[t], h, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,8 @@
-import os
+from keras_rnnlm.tf_logging import configure_tensorflow_logging
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# before anything imports TensorFlow: no C++ log lines in the test output (a
+# TF_CPP_MIN_LOG_LEVEL set in the environment keeps TensorFlow's own logging)
+configure_tensorflow_logging()
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

@@ -93,8 +93,7 @@ def test_simple_rnn_ratios_never_exceed_c_to_the_k(c):
         norms = gradient_norms_by_distance(model, ids)
     k = norms["distance"]
     assert np.all(norms["h_ratio"][0] <= c**k * (1 + 1e-9))
-    # the input gradient is W_x-projected h gradient: it obeys the same bound up to a constant
-    assert norms["h_ratio"][0, 0] == 1.0
+    assert norms["h_ratio"][0, -1] < norms["h_ratio"][0, 1]  # the bound is not vacuous: decay
 
 
 def test_norms_by_distance_shapes_and_validation():
@@ -103,11 +102,15 @@ def test_norms_by_distance_shapes_and_validation():
     norms = gradient_norms_by_distance(model, ids, max_distance=5)
     assert norms["h"].shape == norms["c"].shape == (2, 6)
     assert norms["input"].shape == (6,)
-    np.testing.assert_allclose(norms["c_ratio"][:, 0], 1.0)
+    np.testing.assert_allclose(norms["c_ratio"], norms["c"] / norms["c"][:, :1])
     explicit = gradient_norms_by_distance(model, ids[:, :-1], targets=ids[:, -1], max_distance=5)
     np.testing.assert_allclose(explicit["h"], norms["h"])
     with pytest.raises(ValueError, match="padding"):
         gradient_norms_by_distance(model, np.zeros((1, 4), "int32"))
+    with pytest.raises(ValueError, match=f"Token id {VOCAB} is outside the vocabulary"):
+        gradient_norms_by_distance(model, np.full((1, 4), VOCAB, "int32"))
+    with pytest.raises(ValueError, match="rank 2"):
+        jacobian_spectrum(model, ids[0])
     with pytest.raises(ValueError, match="max_distance"):
         gradient_norms_by_distance(model, ids, max_distance=8)
 
@@ -140,7 +143,9 @@ def test_jacobian_spectrum_of_scaled_orthogonal_simple_rnn():
     assert np.all(spectrum["step_max_singular"] <= 0.7 * (1 + 1e-5))
     lstm = RNNLanguageModel(VOCAB, cell="lstm", num_layers=1, units=5, embedding_dim=4)
     spectrum = jacobian_spectrum(lstm, ids)
-    assert spectrum["recurrent_kernel_gate_max_singular"].shape == (4,)
+    kernel = np.asarray(lstm.rnn.rnn_layers[0].cell.recurrent_kernel, np.float64)
+    blocks = [np.linalg.svd(kernel[:, g * 5 : (g + 1) * 5], compute_uv=False)[0] for g in range(4)]
+    np.testing.assert_allclose(spectrum["recurrent_kernel_gate_max_singular"], blocks, rtol=1e-6)
 
 
 def _batch():
@@ -178,7 +183,8 @@ def test_monitor_logs_the_pre_clipping_global_norm(clipping, jit_compile):
     assert len(monitor.history["grad_norm"]) == 2
     assert monitor.history["grad_norm"][0] == pytest.approx(expected, rel=1e-5)
     assert monitor.history["keras_grad_norm"][0] == pytest.approx(keras_view, rel=1e-5)
-    max_var = max(float(tf.linalg.global_norm([g])) for g in grads)
+    # the library's optimizers clip each variable's gradient with repeated rows summed
+    max_var = max(float(tf.linalg.global_norm([g])) for g in dense)
     assert monitor.history["max_variable_norm"][0] == pytest.approx(max_var, rel=1e-5)
     assert monitor.history["clipped"] == [1.0, 1.0]
     assert history.history["grad_norm_mean"][0] == pytest.approx(expected, rel=1e-5)
@@ -204,21 +210,165 @@ def test_monitor_writes_tensorboard_scalars(tmp_path):
     x, y = _batch()
     model = RNNLanguageModel(VOCAB, cell="simple_rnn", num_layers=1, units=4, embedding_dim=3)
     compile_language_model(model, "sgd", learning_rate=0.1, jit_compile=False)
-    model.fit(
-        x,
-        y,
-        batch_size=8,
-        epochs=1,
-        verbose=0,
-        callbacks=[GradientNormMonitor(log_dir=str(tmp_path))],
-    )
-    assert any(tmp_path.iterdir())
+    monitor = GradientNormMonitor(log_dir=str(tmp_path))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[monitor])
+    written = {}
+    for path in tmp_path.iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor))
+                written.setdefault(value.tag, []).append((event.step, number))
+    assert set(written) == {f"gradients/{key}" for key in GradientNormMonitor.KEYS}
+    norms = sorted(written["gradients/grad_norm"])
+    assert [step for step, _ in norms] == [1, 2]  # optimizer iterations after each update
+    np.testing.assert_allclose([v for _, v in norms], monitor.history["grad_norm"], rtol=1e-6)
 
 
-def test_plots_run():
+def test_plots_draw_the_values_they_are_given():
     model = RNNLanguageModel(VOCAB, cell="lstm", num_layers=1, units=4, embedding_dim=3)
     norms = gradient_norms_by_distance(model, _ids(2, 8))
     ax = plot_norms_by_distance([("lstm", norms)], key="c", bounds={"0.9^k": 0.9})
     assert ax.get_yscale() == "log"
-    axes = plot_gradient_norm_trace({"a": [1.0, 2.0]}, clip_norm=1.0, losses={"a": [3.0, 2.0]})
+    curve, bound = ax.get_lines()
+    np.testing.assert_allclose(curve.get_xdata(), norms["distance"])
+    np.testing.assert_allclose(curve.get_ydata(), norms["c_ratio"][-1])
+    np.testing.assert_allclose(bound.get_ydata(), 0.9 ** norms["distance"])
+    raw = plot_norms_by_distance(norms, key="input", ratio=False)
+    np.testing.assert_allclose(raw.get_lines()[-1].get_ydata(), norms["input"])
+    axes = plot_gradient_norm_trace({"a": [1.0, 2.0]}, clip_norm=1.5, losses={"a": [3.0, 2.0]})
     assert len(axes) == 2
+    trace, threshold = axes[0].get_lines()
+    np.testing.assert_allclose(trace.get_ydata(), [1.0, 2.0])
+    np.testing.assert_allclose(threshold.get_ydata(), [1.5, 1.5])
+    np.testing.assert_allclose(axes[1].get_lines()[0].get_ydata(), [3.0, 2.0])
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _output_gradient(model, h_last, targets):
+    """dJ/dh at the last position, by hand: (softmax(h W + b) - onehot) W^T."""
+    kernel, bias = (np.asarray(w, np.float64) for w in model.output_layer.get_weights())
+    logits = h_last @ kernel + bias
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    p[np.arange(len(targets)), targets] -= 1.0
+    return p @ kernel.T
+
+
+def _mean_norm(g):
+    return np.mean(np.linalg.norm(g, axis=-1))
+
+
+def _one_layer_case(cell, units, embedding_dim, batch, length, seed):
+    """A float64 one-layer model with doubled weights, its measured norms, and the numpy
+    inputs of a hand computation: (model, norms, embedded inputs, targets, cell weights)."""
+    with floatx("float64"):
+        model = RNNLanguageModel(
+            VOCAB, cell=cell, num_layers=1, units=units, embedding_dim=embedding_dim
+        )
+        ids = _ids(batch, length, seed=seed)
+        model(ids)
+        model.set_weights([w * 2.0 for w in model.get_weights()])
+        norms = gradient_norms_by_distance(model, ids)
+    x = np.asarray(model.embedding.embeddings, np.float64)[ids[:, :-1]]
+    weights = [np.asarray(w, np.float64) for w in model.rnn.rnn_layers[0].cell.get_weights()]
+    return model, norms, x, ids[:, -1], weights
+
+
+def test_simple_rnn_norms_match_hand_written_backpropagation_through_time():
+    # independent of the module: numpy forward pass, then the chain rule written out,
+    # dJ/dh_{s-1} = (dJ/dh_s * (1 - h_s^2)) W_h^T and dJ/dx_s = (dJ/dh_s * (1 - h_s^2)) W_x^T
+    model, norms, x, targets, (w_x, w_h, b) = _one_layer_case("simple_rnn", 4, 3, 3, 7, seed=5)
+    hs, h = [], np.zeros((3, 4))
+    for t in range(x.shape[1]):
+        h = np.tanh(x[:, t] @ w_x + h @ w_h + b)
+        hs.append(h)
+    g = _output_gradient(model, hs[-1], targets)
+    expected_h, expected_x = [], []
+    for t in reversed(range(x.shape[1])):
+        expected_h.append(_mean_norm(g))
+        d_a = g * (1.0 - hs[t] ** 2)
+        expected_x.append(_mean_norm(d_a @ w_x.T))
+        g = d_a @ w_h.T
+    np.testing.assert_allclose(norms["h"][0], expected_h, rtol=1e-9)
+    np.testing.assert_allclose(norms["input"], expected_x, rtol=1e-9)
+    np.testing.assert_allclose(norms["h_ratio"][0], np.array(expected_h) / expected_h[0])
+
+
+def test_lstm_cell_state_norms_match_hand_written_backpropagation_through_time():
+    # the total derivative dJ/dc_s goes through h_s = o_s tanh(c_s) and through c_{s+1}
+    model, norms, x, targets, (w_x, w_h, b) = _one_layer_case("lstm", 3, 2, 2, 6, seed=6)
+    h, c = np.zeros((2, 3)), np.zeros((2, 3))
+    steps = []  # (c_prev, i, f, g, o, c)
+    for t in range(x.shape[1]):
+        z_i, z_f, z_c, z_o = np.split(x[:, t] @ w_x + h @ w_h + b, 4, axis=-1)
+        i, f, g, o = _sigmoid(z_i), _sigmoid(z_f), np.tanh(z_c), _sigmoid(z_o)
+        steps.append((c, i, f, g, o, f * c + i * g))
+        c = steps[-1][-1]
+        h = o * np.tanh(c)
+    d_h = _output_gradient(model, h, targets)
+    d_c_next = np.zeros_like(d_h)  # dJ/dc_{s+1} * f_{s+1}: the path through the next cell
+    expected_h, expected_c = [], []
+    for c_prev, i, f, g, o, c in reversed(steps):
+        d_c = d_c_next + d_h * o * (1.0 - np.tanh(c) ** 2)
+        expected_h.append(_mean_norm(d_h))
+        expected_c.append(_mean_norm(d_c))
+        d_z = np.concatenate(
+            [d_c * g * i * (1 - i), d_c * c_prev * f * (1 - f), d_c * i * (1 - g**2),
+             d_h * np.tanh(c) * o * (1 - o)], axis=-1)  # fmt: skip
+        d_h, d_c_next = d_z @ w_h.T, d_c * f
+    np.testing.assert_allclose(norms["h"][0], expected_h, rtol=1e-9)
+    np.testing.assert_allclose(norms["c"][0], expected_c, rtol=1e-9)
+
+
+@pytest.mark.parametrize("builtin", [False, True])
+def test_perturbed_lstm_step_is_the_cells_own_step(builtin):
+    from keras_rnnlm.gradients import _lstm_step
+
+    cell = keras.layers.LSTMCell(3) if builtin else RNNLanguageModel(
+        VOCAB, cell="lstm", num_layers=1, units=3, embedding_dim=2
+    ).rnn.rnn_layers[0].cell  # fmt: skip
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.standard_normal((2, 2)), "float32")
+    states = [tf.constant(rng.standard_normal((2, 3)), "float32") for _ in range(2)]
+    cell.build((None, 2))
+    cell.bias.assign(rng.standard_normal(cell.bias.shape))
+    expected = cell.call(x, states)[1]
+    perturbed = _lstm_step(cell, x, states, delta_c=tf.zeros((2, 3)))
+    for ours, theirs in zip(perturbed, expected, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_monitor_clipped_flag_uses_the_norm_the_optimizer_clips():
+    # every input is the same token: the embedding gradient is one row repeated 24 times,
+    # and the norm of its summed rows differs from Keras's norm of the rows as they come
+    x = np.full((4, 6), 5, "int32")
+    y = _ids(4, 6, seed=8)
+    model = RNNLanguageModel(VOCAB, cell="simple_rnn", num_layers=1, units=4, embedding_dim=3)
+    model(x)
+    compile_language_model(model, "sgd", jit_compile=False)  # model.loss: the library's loss
+    with tf.GradientTape() as tape:
+        loss = model.loss(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_weights)
+    exact = float(tf.linalg.global_norm([tf.convert_to_tensor(g) for g in grads]))
+    keras_view = float(tf.linalg.global_norm(grads))
+    assert abs(exact - keras_view) > 0.05 * min(exact, keras_view)  # the norms differ...
+    clip_norm = (exact + keras_view) / 2  # ...and straddle the threshold
+    learning_rate = 0.1
+    compile_language_model(
+        model, "sgd", learning_rate=learning_rate, clip_norm=clip_norm, jit_compile=False
+    )
+    before = [np.asarray(w) for w in model.trainable_weights]
+    monitor = GradientNormMonitor()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[monitor])
+    assert monitor.history["grad_norm"][0] == pytest.approx(exact, rel=1e-5)
+    assert monitor.history["keras_grad_norm"][0] == pytest.approx(keras_view, rel=1e-5)
+    # independent truth: the update the optimizer applied, ||w1 - w0|| = lr * scale * ||g||
+    step = np.sqrt(sum(np.sum((np.asarray(w) - w0) ** 2)
+                       for w, w0 in zip(model.trainable_weights, before)))  # fmt: skip
+    scale = step / (learning_rate * exact)
+    assert scale == pytest.approx(min(1.0, clip_norm / exact), rel=1e-4)
+    assert monitor.history["clipped"] == [float(scale < 1.0 - 1e-4)]
+    assert monitor.history["clipped"] == [float(exact > clip_norm)]

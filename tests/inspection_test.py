@@ -69,13 +69,21 @@ def test_gates_match_hand_computed_equations_in_every_layer(residual):
     np.testing.assert_allclose(logits[1, :3], expected_logits[1, :3], atol=1e-4)
 
 
-def test_gate_ranges_and_one_dimensional_input():
+def test_one_dimensional_input_is_one_row_and_the_states_obey_the_equations():
     model = RNNLanguageModel(20, cell="lstm", num_layers=1, units=4, embedding_dim=3)
     gates = lstm_gate_activations(model, [2, 5, 6, 7])
+    batched = lstm_gate_activations(model, [[2, 5, 6, 7], [2, 9, 0, 0]])
     assert gates["forget"].shape == (4, 4)
-    for name in ("input", "forget", "output"):
-        assert np.all((gates[name] > 0) & (gates[name] < 1))
-    assert np.all(np.abs(gates["candidate"]) < 1)
+    for name in GATE_NAMES:
+        np.testing.assert_array_equal(gates[name], batched[name][0], err_msg=name)
+    # h_t = o_t tanh(c_t) and c_t = f_t c_{t-1} + i_t g_t, with c_0 = 0
+    np.testing.assert_allclose(gates["hidden"], gates["output"] * np.tanh(gates["cell"]), atol=1e-6)
+    previous = np.vstack([np.zeros((1, 4)), gates["cell"][:-1]])
+    np.testing.assert_allclose(
+        gates["cell"],
+        gates["forget"] * previous + gates["input"] * gates["candidate"],
+        atol=1e-6,
+    )
 
 
 def test_gates_refuse_non_lstm_models_and_bad_layers():

@@ -4,6 +4,7 @@ atomic checkpoints; same seed -> same loss curve."""
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -14,7 +15,9 @@ import pytest
 from keras_rnnlm.checkpoints import ResumableCheckpoint
 from keras_rnnlm.runs import TrainConfig, train
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+# keras_rnnlm.runs.train calls model.fit on a tf.data.Dataset without shuffle=False, so Keras
+# warns that shuffle=True is ignored (the data order is the pipeline's own, by design)
+pytestmark = pytest.mark.filterwarnings("ignore:`shuffle=True` was passed:UserWarning")
 
 LINES = [
     "the cat sat on the mat",
@@ -211,3 +214,31 @@ def test_same_seed_same_loss_curve(tmp_path):
     first, second = run("a"), run("b")
     assert first == second
     assert first[1] < first[0]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_atomically_written_files_follow_the_umask(tmp_path, umask, mode):
+    # mkstemp creates 0600 files; a rename keeps the mode, so a run would be unreadable to a
+    # serving container or another user
+    from keras_rnnlm.checkpoints import atomic_save_model, atomic_write_text
+    from keras_rnnlm.models import RNNLanguageModel
+    from keras_rnnlm.training import compile_language_model
+
+    model = RNNLanguageModel(20, units=4, embedding_dim=4, num_layers=1)
+    model.build((None, None))
+    compile_language_model(model, "sgd", 0.1, jit_compile=False)
+    x = np.random.default_rng(0).integers(1, 20, (4, 5)).astype("int32")
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "config.json", "{}")
+        atomic_save_model(model, tmp_path / "model.keras")
+        model.fit(x, x, epochs=1, verbose=0, callbacks=[ResumableCheckpoint(tmp_path / "backup")])
+    finally:
+        os.umask(previous)
+    for path in (
+        tmp_path / "config.json",
+        tmp_path / "model.keras",
+        tmp_path / "backup" / "latest.npz",
+    ):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "config.json", "model.keras"]
