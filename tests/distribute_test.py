@@ -122,19 +122,19 @@ def test_fused_sgd_equals_keras_sgd_with_sparse_duplicate_rows(clip_norm):
 def test_global_norm_counts_duplicate_rows_once_unlike_keras():
     from keras.src.optimizers.base_optimizer import global_norm
 
-    from keras_rnnlm.distribute import _sum_duplicate_rows, global_clip_scale
+    from keras_rnnlm.distribute import global_clip_scale, sum_duplicate_rows
 
     sparse = tf.IndexedSlices(tf.constant([[3.0, 0.0], [0.0, 4.0]]), tf.constant([2, 2]), [4, 2])
     dense_norm = float(tf.norm(tf.convert_to_tensor(sparse)))  # row 2 = [3, 4]: norm 5
     assert dense_norm == 5.0
-    assert float(global_clip_scale([_sum_duplicate_rows(sparse)], 1.0)) == pytest.approx(0.2)
+    assert float(global_clip_scale([sum_duplicate_rows(sparse)], 1.0)) == pytest.approx(0.2)
     assert float(global_norm([sparse])) == pytest.approx(5.0)  # squares 9 + 16 either way...
     overlapping = tf.IndexedSlices(
         tf.constant([[3.0, 4.0], [3.0, 4.0]]), tf.constant([1, 1]), [4, 2]
     )
     # ...but when duplicate rows overlap, the dense row is [6, 8] (norm 10), Keras says 7.07
     assert float(global_norm([overlapping])) == pytest.approx(50**0.5)
-    assert float(global_clip_scale([_sum_duplicate_rows(overlapping)], 1.0)) == pytest.approx(0.1)
+    assert float(global_clip_scale([sum_duplicate_rows(overlapping)], 1.0)) == pytest.approx(0.1)
 
 
 def test_fused_sgd_turns_weights_nan_on_a_non_finite_gradient():

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_rnnlm.cells import GRUCell, LSTMCell, SimpleRNNCell
+from keras_rnnlm.fast.cell_backward import backward_rule
 from keras_rnnlm.layers import Bidirectional, Recurrent, StackedRecurrent, reverse_padded
 
 LENGTHS = [6, 4, 1]
@@ -156,7 +157,8 @@ def test_compiled_time_loop_gradients_equal_the_graph_loop(
     args = (masked, go_backwards, return_sequences, "float32")
     _, _, loss, grads = _loss_and_gradients(cell, False, *args)
     layer, _, compiled_loss, compiled_grads = _loss_and_gradients(cell, True, *args)
-    assert hasattr(layer.cell, "step_backward") == (cell is not GRUCell)
+    assert (backward_rule(layer.cell) is not None) == (cell is not GRUCell)
+    assert layer.uses_fast_time_loop
     np.testing.assert_allclose(compiled_loss, loss, rtol=1e-5)
     for ours, reference in zip(compiled_grads, grads, strict=True):
         np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
