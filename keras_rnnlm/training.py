@@ -74,8 +74,8 @@ def compile_language_model(
             implementation (``keras_rnnlm.fast``: graph-mode step, XLA time loops with a
             hand-written backward, output layer fused with the loss, bfloat16 output matmuls
             where the device runs them fast); Keras's ``"auto"`` for other models. ``True``:
-            XLA-compile the whole train step (reference layers). ``False``: a TensorFlow
-            graph. ``"recurrence"``: the fast path (old spelling).
+            XLA-compile the whole train step (reference path). ``False``: a TensorFlow graph
+            without XLA (reference path). ``"recurrence"``: the fast path (old spelling).
 
     Returns:
         ``model``, compiled.

@@ -52,7 +52,7 @@ def test_subclassed_and_other_cells_have_no_backward_rule():
     assert backward_rule(MyLSTM(2)) is None and backward_rule(GRUCell(2)) is None
 
 
-class _ReferenceSGD(SGD):
+class ReferenceSGD(SGD):
     def fused_update_step(self, grads, trainable_variables, learning_rate):
         return False  # Keras's update after the exact clipping
 
@@ -62,7 +62,7 @@ def test_fused_sgd_update_equals_the_reference_update(clip):
     x = RNG.integers(1, 20, size=(4, 6)).astype("int32")
     x[:, 3] = 5  # a repeated token: duplicate embedding rows in the sparse gradient
     weights = {}
-    for name, cls in (("fused", SGD), ("reference", _ReferenceSGD)):
+    for name, cls in (("fused", SGD), ("reference", ReferenceSGD)):
         keras.utils.set_random_seed(2)
         model = RNNLanguageModel(20, units=4, embedding_dim=4, num_layers=1)
         model.compile(cls(learning_rate=1.0, global_clipnorm=clip), MaskedLanguageModelLoss())
@@ -124,6 +124,9 @@ def test_dispatch_falls_back_to_the_reference_path():
     model = _lm()
     model.compile("sgd", MaskedLanguageModelLoss(), jit_compile=True)  # asked for whole-step XLA
     assert not model._fast_path and model.jit_compile
+    model.compile("sgd", MaskedLanguageModelLoss(), jit_compile=False)  # asked for no XLA
+    assert not model._fast_path and not model.jit_compile
+    assert not any(layer.uses_fast_time_loop for layer in model.rnn.rnn_layers)
     builtin = _lm(use_builtin_layers=True)
     assert not fast_path_supported(builtin) and not uses_fast_path(builtin)
     assert uses_fast_path(_lm(implementation="fast"), jit_compile=True)

@@ -26,8 +26,9 @@ config (old ``.keras`` files without it load as ``"auto"``):
 * ``"reference"``: always the reference path;
 * ``"fast"``: always the fast path (from-scratch layers only);
 * ``"auto"`` (default), like ``keras.layers.LSTM`` trying cuDNN: the fast path when it is
-  supported (from-scratch layers, one replica, no TPU) and the caller did not ask for a
-  whole-step XLA compilation (``jit_compile=True``); the reference path otherwise.
+  supported (from-scratch layers, one replica, no TPU) and ``compile`` got
+  ``jit_compile="auto"`` (Keras's default); an explicit ``jit_compile=True`` (whole-step XLA)
+  or ``False`` (graph, no XLA) is honoured with the reference path.
 
 On the fast path the train step runs as a graph (``jit_compile=False`` for Keras) and each
 layer's time loop is XLA-compiled. When the loss declares

@@ -23,19 +23,19 @@ def fast_path_supported(model: keras.Model, jit_compile="auto") -> bool:
 
     Args:
         model: an ``RNNLanguageModel``.
-        jit_compile: the ``compile`` argument; ``True`` asks for a whole-step XLA compilation,
-            which the fast path does not use.
+        jit_compile: the ``compile`` argument. ``"auto"`` lets the library choose; an
+            explicit ``True`` (whole-step XLA) or ``False`` (a graph without XLA) is honoured
+            with the reference layers.
 
     Returns:
-        True for the from-scratch layers on one replica (no TPU) unless ``jit_compile`` is
-        True.
+        True for the from-scratch layers on one replica (no TPU) with ``jit_compile="auto"``.
 
     Example:
 
     >>> fast_path_supported(RNNLanguageModel(100))
     True
     """
-    if getattr(model, "use_builtin_layers", False) or jit_compile is True:
+    if getattr(model, "use_builtin_layers", False) or jit_compile != "auto":
         return False
     strategy = tf.distribute.get_strategy()
     if strategy.num_replicas_in_sync != 1:
