@@ -149,7 +149,10 @@ _GRADIENTS = [
 
 
 def _trajectory(optimizer):
-    variables = [keras.Variable(np.zeros(2, "float32")), keras.Variable(np.zeros((1, 1), "float32"))]
+    variables = [
+        keras.Variable(np.zeros(2, "float32")),
+        keras.Variable(np.zeros((1, 1), "float32")),
+    ]
     path = []
     for grads in _GRADIENTS:
         optimizer.apply_gradients(zip([tf.constant(g) for g in grads], variables))
