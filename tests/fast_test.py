@@ -193,3 +193,15 @@ def test_keras_files_saved_before_the_implementation_option_load(name):
     loaded.fit(x[:, :-1], x[:, 1:], epochs=3, verbose=0)
     after = float(loaded.evaluate(x[:, :-1], x[:, 1:], verbose=0, return_dict=True)["loss"])
     assert after < before
+
+
+def test_a_fast_path_model_gives_the_reference_logits_eagerly_and_inside_xla():
+    # generation and the export trace a compiled model inside XLA functions
+    model = _lm()
+    x = np.array([[1, 2, 3, 0], [4, 5, 0, 0]], "int32")
+    reference = np.asarray(model(x))
+    compile_language_model(model, "sgd")
+    assert model._fast_path
+    np.testing.assert_allclose(np.asarray(model(x)), reference, atol=1e-6)
+    in_xla = tf.function(lambda ids: model(ids), jit_compile=True)
+    np.testing.assert_allclose(np.asarray(in_xla(x)), reference, atol=1e-6)

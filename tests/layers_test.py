@@ -183,3 +183,23 @@ def test_hand_written_backward_matches_finite_differences(cell):
         kernel.assign(original)
         numeric = (values[0] - values[1]) / 2e-6
         assert numeric == pytest.approx(analytic[index], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("cell", [LSTMCell, GRUCell])
+def test_implementation_is_serialized_and_fast_equals_reference(cell):
+    outputs = {}
+    for implementation in ("reference", "fast"):
+        keras.utils.set_random_seed(1)
+        layer = Recurrent(cell(4), return_sequences=True, implementation=implementation)
+        outputs[implementation] = np.asarray(layer(X, mask=MASK))
+        assert layer.uses_fast_time_loop == (implementation == "fast")
+        assert Recurrent.from_config(layer.get_config()).implementation == implementation
+    np.testing.assert_allclose(outputs["fast"], outputs["reference"], atol=1e-6)
+    reference = Recurrent(cell(4), implementation="reference")
+    reference.jit_time_loop = True  # the compile-time switch cannot override "reference"
+    assert not reference.uses_fast_time_loop
+    stack = StackedRecurrent("lstm", units=4, num_layers=2, implementation="fast")
+    assert [layer.implementation for layer in stack.rnn_layers] == ["fast", "fast"]
+    assert StackedRecurrent.from_config(stack.get_config()).implementation == "fast"
+    with pytest.raises(ValueError, match="implementation"):
+        Recurrent(cell(4), implementation="cudnn")
