@@ -205,3 +205,21 @@ def test_a_fast_path_model_gives_the_reference_logits_eagerly_and_inside_xla():
     np.testing.assert_allclose(np.asarray(model(x)), reference, atol=1e-6)
     in_xla = tf.function(lambda ids: model(ids), jit_compile=True)
     np.testing.assert_allclose(np.asarray(in_xla(x)), reference, atol=1e-6)
+
+
+def test_fast_path_trains_on_batches_of_unknown_length_like_the_reference():
+    # bucketed sentence batches: the time dimension is unknown when the step is traced
+    batches = [RNG.integers(1, 30, size=(4, n)).astype("int32") for n in (5, 9)]
+    spec = tf.TensorSpec((None, None), tf.int32)
+    histories = {}
+    for implementation in ("auto", "reference"):
+        dataset = tf.data.Dataset.from_generator(
+            lambda: ((b[:, :-1], b[:, 1:]) for b in batches), output_signature=(spec, spec)
+        )
+        keras.utils.set_random_seed(6)
+        model = _lm(implementation=implementation, output_dtype="float32")
+        compile_language_model(model, "adam", 0.01)
+        assert model._fast_path == (implementation == "auto")
+        histories[implementation] = model.fit(dataset, epochs=3, verbose=0, shuffle=False).history
+    for name in ("loss", "perplexity"):
+        np.testing.assert_allclose(histories["auto"][name], histories["reference"][name], rtol=1e-5)

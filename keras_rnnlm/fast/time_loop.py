@@ -23,6 +23,12 @@ import tensorflow as tf
 from keras_rnnlm.fast.cell_backward import backward_rule
 
 
+def _steps(time_major):
+    """The number of time steps: static when known, else the (XLA compile-time) dynamic one."""
+    static = time_major.shape[0]
+    return static if static is not None else tf.shape(time_major)[0]
+
+
 def fast_time_loop(layer, projected, mask, states):
     """``layer._time_loop`` on the fast path: explicit backward when the cell has a rule.
 
@@ -133,7 +139,7 @@ def _explicit_xla_functions(layer, rule):
 
     def forward(projected, mask, states, recurrent_kernel, has_mask):
         projected = tf.transpose(projected, [1, 0, 2])  # (time, batch, gates * units)
-        num_steps = projected.shape[0]
+        num_steps = _steps(projected)
         xs = tf.TensorArray(projected.dtype, size=num_steps).unstack(projected)
         if has_mask:
             mask = tf.transpose(mask, [1, 0])[:, :, None]  # (time, batch, 1)
@@ -176,7 +182,7 @@ def _explicit_xla_functions(layer, rule):
 
     def backward(mask, recurrent_kernel, saved, d_outputs, d_last, d_states, has_mask):
         residuals, inputs = saved[0], saved[2:]
-        num_steps = residuals.shape[0]
+        num_steps = _steps(residuals)
         d_outputs = tf.transpose(d_outputs, [1, 0, 2])  # (time, batch, units)
         if has_mask:
             mask = tf.transpose(mask, [1, 0])  # (time, batch)
