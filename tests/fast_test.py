@@ -215,7 +215,7 @@ def test_fast_path_trains_on_batches_of_unknown_length_like_the_reference():
     for implementation in ("auto", "reference"):
         dataset = tf.data.Dataset.from_generator(
             lambda: ((b[:, :-1], b[:, 1:]) for b in batches), output_signature=(spec, spec)
-        )
+        ).apply(tf.data.experimental.assert_cardinality(len(batches)))
         keras.utils.set_random_seed(6)
         model = _lm(implementation=implementation, output_dtype="float32")
         compile_language_model(model, "adam", 0.01)
