@@ -1,22 +1,30 @@
-"""Training throughput (tokens/second) for the PTB small configuration.
+"""Training throughput: the library's defaults against the same model on keras.layers.LSTM.
 
-Models, all 2x200 LSTM, vocabulary 10k, batch 20, 20 unrolled steps, SGD with global norm
-clipping, state carried across batches (truncated BPTT):
+Default mode (issue 14, item 2): for two workloads,
 
-  ours     keras_rnnlm.RNNLanguageModel (from-scratch cells, hoisted input projection), as
-           `keras-rnnlm train --preset small` compiles it
-  ours ... the same model with other compile settings: whole step XLA (jit_compile=True),
-           graph (jit_compile=False), hybrid (jit_compile="recurrence": graph step, XLA time
-           loops and softmax cross-entropy), with a bfloat16 output layer or not
-  keras    the same model on keras.layers.LSTM (use_builtin_layers=True), same compile settings
-  torch    an equivalent PyTorch nn.LSTM model (only when torch is importable)
+  ptb     PTB-small stream shapes: 2x200 LSTM, vocabulary 10k, batch 20, 20 unrolled steps,
+          stateful (truncated BPTT), SGD lr 20 with global clipping 0.25, NumPy arrays into
+          model.fit (batch_size=20, shuffle=False);
+  readme  the README's own example: python_docs sentences, Vocabulary.build(lowercase=True,
+          min_count=2), sentence_dataset(batch_size=32) bucketed batches, 2x200 LSTM, Adam
+          2e-3 with global clipping 5 (the first --steps batches, cached);
 
-The machine is noisy, so the models run in alternating rounds (A, B, C, A, B, C, ...) in one
-process and only medians and ratios are reported. Also reported: achieved GFLOP/s (matmul
-FLOPs of forward + backward) as a fraction of a measured fp32 matmul peak, and a breakdown of
-where the time goes (full step vs a tiny-vocabulary step = recurrence only vs input pipeline).
+and three ways of compiling, each against the same model with use_builtin_layers=True
+(keras.layers.LSTM) compiled the same way:
 
-    python benchmarks/train_throughput.py [--rounds 5] [--steps 100]
+  (a) library  compile_language_model(model, optimizer, lr, clip) with its defaults;
+               target >= 1.2x
+  (b) plain    model.compile(optimizer=keras SGD/Adam(global_clipnorm=...),
+               loss=MaskedLanguageModelLoss(), metrics=[Perplexity()]); target >= 1.1x
+  (c) stock    model.compile(optimizer=..., loss=keras.losses.SparseCategoricalCrossentropy(
+               from_logits=True)); target >= 0.95x
+
+All models run in alternating rounds in one process (ours, keras, ours, keras, ...); reported
+are per-round tokens/s, the same-round ratios ours/keras and their median.
+
+    python benchmarks/train_throughput.py [--rounds 7] [--steps 100] [--workloads ptb readme]
+
+``--legacy`` runs the earlier comparison (compile-setting variants, PyTorch, peak FLOP/s).
 """
 
 import argparse
@@ -36,6 +44,9 @@ import tensorflow as tf  # noqa: E402
 
 from keras_rnnlm import compile_language_model  # noqa: E402
 from keras_rnnlm.data.pipelines import prefetched  # noqa: E402
+from keras_rnnlm.losses import MaskedLanguageModelLoss  # noqa: E402
+from keras_rnnlm.metrics import Perplexity  # noqa: E402
+from keras_rnnlm.models import RNNLanguageModel  # noqa: E402
 from keras_rnnlm.runs import TrainConfig, build_model  # noqa: E402
 from keras_rnnlm.training import PRESETS  # noqa: E402
 
@@ -150,7 +161,7 @@ def pipeline_tokens_per_second(steps=200):
     return count / (time.perf_counter() - start)
 
 
-def main():
+def legacy_main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -165,7 +176,7 @@ def main():
     parser.add_argument(
         "--no-variants", action="store_true", help="skip the rows of other compile settings"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
 
     runners = {
@@ -236,6 +247,117 @@ def main():
     print(
         f"time share of the 10k-way output layer + softmax (1 - full/vocab-100 speed): {share:.0%}"
     )
+
+
+# ---- issue 14, item 2: defaults vs keras.layers.LSTM --------------------------------------
+
+MODES = {"library": 1.2, "plain": 1.1, "stock": 0.95}  # compile mode -> target ratio
+
+
+def _optimizer(workload):
+    if workload == "ptb":
+        return keras.optimizers.SGD(P.keras_learning_rate, global_clipnorm=P.keras_clip_norm)
+    return keras.optimizers.Adam(2e-3, global_clipnorm=5.0)
+
+
+def _compile(model, workload, mode):
+    if mode == "library":
+        if workload == "ptb":
+            compile_language_model(model, "sgd", P.keras_learning_rate, P.keras_clip_norm)
+        else:
+            compile_language_model(model, optimizer="adam", learning_rate=2e-3, clip_norm=5.0)
+    elif mode == "plain":
+        model.compile(_optimizer(workload), MaskedLanguageModelLoss(), metrics=[Perplexity()])
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(_optimizer(workload), loss)
+
+
+def _readme_data(steps):
+    from keras_rnnlm.data import Vocabulary, encode_corpus, python_docs_corpus, sentence_dataset
+
+    corpus = python_docs_corpus()
+    vocab = Vocabulary.build(corpus.train, lowercase=True, min_count=2)
+    train = sentence_dataset(encode_corpus(vocab, corpus.train), batch_size=32, seed=0)
+    batches = list(train.take(steps).as_numpy_iterator())
+    tokens = sum(int(np.count_nonzero(y)) for _, y in batches)
+    return vocab.size, batches, tokens
+
+
+class Runner:
+    """One model of one workload and compile mode; ``run()`` trains one epoch, returns tokens/s."""
+
+    def __init__(self, workload, mode, builtin, steps, readme=None):
+        keras.utils.set_random_seed(0)
+        if workload == "ptb":
+            model = RNNLanguageModel(
+                VOCAB, num_layers=2, units=200, embedding_dim=200, init_scale=P.init_scale,
+                stateful=True, use_builtin_layers=builtin,
+            )  # fmt: skip
+            model.build((P.batch_size, None))
+            x, y = random_stream(steps)
+            self.fit_args = dict(
+                x=x.reshape(-1, P.num_steps), y=y.reshape(-1, P.num_steps),
+                batch_size=P.batch_size, shuffle=False,
+            )  # fmt: skip
+            self.tokens = steps * P.batch_size * P.num_steps
+        else:
+            vocabulary_size, batches, self.tokens = readme
+            model = RNNLanguageModel(
+                vocabulary_size, cell="lstm", num_layers=2, units=200, embedding_dim=200,
+                use_builtin_layers=builtin,
+            )  # fmt: skip
+            dataset = tf.data.Dataset.from_generator(
+                lambda: iter(batches),
+                output_signature=(tf.TensorSpec((None, None), tf.int32),) * 2,
+            ).apply(tf.data.experimental.assert_cardinality(len(batches)))
+            self.fit_args = dict(x=prefetched(dataset), shuffle=False)  # shuffled once, seed 0
+        _compile(model, workload, mode)
+        self.model = model
+        self.run()  # compile (the README workload: one compilation per bucket shape)
+
+    def run(self):
+        start = time.perf_counter()
+        self.model.fit(**self.fit_args, epochs=1, verbose=0)
+        return self.tokens / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=100, help="training steps per round")
+    parser.add_argument("--workloads", nargs="+", default=["ptb", "readme"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES))
+    parser.add_argument("--legacy", action="store_true", help="the earlier comparison")
+    args, rest = parser.parse_known_args(argv)
+    if args.legacy:
+        return legacy_main(rest)
+    readme = _readme_data(args.steps) if "readme" in args.workloads else None
+    runners = {}
+    for workload in args.workloads:
+        for mode in args.modes:
+            for side, builtin in (("ours", False), ("keras", True)):
+                runners[workload, mode, side] = Runner(workload, mode, builtin, args.steps, readme)
+    speeds = {key: [] for key in runners}
+    for r in range(args.rounds):
+        for key, runner in runners.items():  # alternating: ours, keras, ours, keras, ...
+            speeds[key].append(runner.run())
+        print(
+            f"round {r + 1}: " + ", ".join(f"{'/'.join(k)} {v[-1]:,.0f}" for k, v in speeds.items())
+        )
+    print(f"\ntokens/s and same-round ratios, {args.rounds} rounds of {args.steps} steps:")
+    for workload in args.workloads:
+        for mode in args.modes:
+            ours, theirs = speeds[workload, mode, "ours"], speeds[workload, mode, "keras"]
+            ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+            print(
+                f"  {workload:6s} ({mode:7s}) ours {statistics.median(ours):8,.0f}  keras "
+                f"{statistics.median(theirs):8,.0f}  ratio median {statistics.median(ratios):.2f}x "
+                f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); target >= {MODES[mode]}x"
+            )
+    return speeds
 
 
 if __name__ == "__main__":

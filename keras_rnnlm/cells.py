@@ -13,16 +13,8 @@ half out of the time loop:
   tensor: one large matrix multiply instead of ``time`` small ones.
 * ``step(projected_x, states)``: the recurrence, which must stay inside the loop.
 
-``SimpleRNNCell`` and ``LSTMCell`` also write their gradient by hand, for the compiled time
-loop of ``Recurrent`` (``jit_time_loop``): both compute ``z = projected_x + h_{t-1} @
-recurrent_kernel`` and output ``h_t = new_states[0]``, so one step's backward pass is
-
-* ``step_with_residuals(projected_x, states, recurrent_kernel) -> (new_states, residuals)``:
-  the step, also returning the activations its backward pass needs (saved per time step);
-* ``step_backward(residuals, states, recurrent_kernel, d_new_states) -> (d_z, d_states)``:
-  the gradient with respect to ``z`` (which is also the gradient of ``projected_x``) and to the
-  previous states. The layer sums ``h_{t-1}^T @ d_z`` over all steps in one matrix product for
-  the gradient of ``recurrent_kernel``.
+The fast path's hand-written backward steps of ``SimpleRNNCell`` and ``LSTMCell`` live in
+``keras_rnnlm.fast.cell_backward``; these classes are the reference.
 """
 
 import keras
@@ -146,17 +138,6 @@ class SimpleRNNCell(_RecurrentCell):
         h = ops.tanh(projected_inputs + ops.matmul(h_prev, self.recurrent_kernel))
         return h, [h]
 
-    def step_with_residuals(self, projected_inputs, states, recurrent_kernel):
-        """``step`` with ``recurrent_kernel`` given; residuals: ``h_t`` (batch, units)."""
-        h = ops.tanh(projected_inputs + ops.matmul(states[0], recurrent_kernel))
-        return [h], h
-
-    def step_backward(self, residuals, states, recurrent_kernel, d_new_states):
-        """Gradients of ``z`` and ``h_{t-1}`` from the gradient of ``h_t`` (see module doc)."""
-        h = residuals
-        d_z = d_new_states[0] * (1.0 - h * h)  # tanh'
-        return d_z, [ops.matmul(d_z, ops.transpose(recurrent_kernel))]
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LSTMCell(_RecurrentCell):
@@ -231,40 +212,6 @@ class LSTMCell(_RecurrentCell):
         c = ops.sigmoid(z_f) * c_prev + ops.sigmoid(z_i) * ops.tanh(z_c)
         h = ops.sigmoid(z_o) * ops.tanh(c)
         return h, [h, c]
-
-    def step_with_residuals(self, projected_inputs, states, recurrent_kernel):
-        """``step`` with ``recurrent_kernel`` given.
-
-        Residuals: ``[i, f, g, o, tanh(c_t)]`` concatenated, ``(batch, 5 * units)``.
-        """
-        h_prev, c_prev = states
-        z = projected_inputs + ops.matmul(h_prev, recurrent_kernel)  # (batch, 4 * units)
-        z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
-        i, f, o = ops.sigmoid(z_i), ops.sigmoid(z_f), ops.sigmoid(z_o)
-        g = ops.tanh(z_c)
-        c = f * c_prev + i * g
-        tanh_c = ops.tanh(c)
-        h = o * tanh_c
-        return [h, c], ops.concatenate([i, f, g, o, tanh_c], axis=-1)
-
-    def step_backward(self, residuals, states, recurrent_kernel, d_new_states):
-        """Gradients of ``z`` and ``[h_{t-1}, c_{t-1}]`` from those of ``[h_t, c_t]``."""
-        c_prev = states[1]
-        d_h, d_c = d_new_states
-        i, f, g, o, tanh_c = ops.split(residuals, 5, axis=-1)
-        d_o = d_h * tanh_c
-        d_c = d_c + d_h * o * (1.0 - tanh_c * tanh_c)  # through h_t = o * tanh(c_t)
-        d_z = ops.concatenate(
-            [
-                d_c * g * i * (1.0 - i),  # input gate (sigmoid')
-                d_c * c_prev * f * (1.0 - f),  # forget gate
-                d_c * i * (1.0 - g * g),  # candidate (tanh')
-                d_o * o * (1.0 - o),  # output gate
-            ],
-            axis=-1,
-        )
-        d_h_prev = ops.matmul(d_z, ops.transpose(recurrent_kernel))
-        return d_z, [d_h_prev, d_c * f]
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}

@@ -33,6 +33,9 @@ import os
 import keras
 import tensorflow as tf
 
+from keras_rnnlm.compat import OptimizerHooks, keras_clip_gradients
+from keras_rnnlm.fast import sgd as fast_sgd
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
@@ -76,7 +79,7 @@ def cross_replica_sum(value):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
-class ClipAfterCrossReplicaSum:
+class ClipAfterCrossReplicaSum(OptimizerHooks):
     """Optimizer mixin: ``clipnorm``/``global_clipnorm``/``clipvalue`` act on the gradients
     summed over the replicas (the gradient of the global batch), not on each replica's share.
 
@@ -84,28 +87,29 @@ class ClipAfterCrossReplicaSum:
     global norm counts an ``IndexedSlices`` gradient (an embedding's) with its duplicate rows
     summed, i.e. the norm of the dense gradient. Keras's ``clip_by_global_norm`` squares the
     slices as they come, so every token seen twice in a batch inflates its norm (measured on a
-    3-row example: 3.10 instead of 2.81; ``tests/distribute_test.py``).
+    3-row example: 3.10 instead of 2.81; ``tests/distribute_test.py``). The Keras hooks this
+    relies on are in ``keras_rnnlm.compat`` (canary-tested there).
     """
 
-    def _clip_gradients(self, grads):
+    def clip_gradients_per_replica(self, grads):
         return grads  # deferred until the gradients are summed over replicas
 
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        grads_and_vars = list(super()._all_reduce_sum_gradients(grads_and_vars))
+    def after_cross_replica_sum(self, grads_and_vars):
         present = [i for i, (g, _) in enumerate(grads_and_vars) if g is not None]
-        grads = [_sum_duplicate_rows(grads_and_vars[i][0]) for i in present]
+        grads = [sum_duplicate_rows(grads_and_vars[i][0]) for i in present]
         if self.global_clipnorm:
             scale = global_clip_scale(grads, self.global_clipnorm)
-            clipped = [_scaled(g, scale) for g in grads]
+            clipped = [scaled_gradient(g, scale) for g in grads]
         else:
-            clipped = super()._clip_gradients(grads)
+            clipped = keras_clip_gradients(self, grads)
         for i, grad in zip(present, clipped, strict=True):
             grads_and_vars[i] = (grad, grads_and_vars[i][1])
         return grads_and_vars
 
 
-def _sum_duplicate_rows(grad):
-    """An ``IndexedSlices`` gradient with each row index once (duplicates summed)."""
+def sum_duplicate_rows(grad):
+    """An ``IndexedSlices`` gradient with each row index once (duplicates summed); any other
+    gradient unchanged."""
     if not isinstance(grad, tf.IndexedSlices):
         return grad
     rows, position = tf.unique(grad.indices)
@@ -113,7 +117,8 @@ def _sum_duplicate_rows(grad):
     return tf.IndexedSlices(values, rows, grad.dense_shape)
 
 
-def _scaled(grad, factor):
+def scaled_gradient(grad, factor):
+    """``grad * factor`` for a dense or ``IndexedSlices`` gradient (kept sparse)."""
     factor = tf.cast(factor, grad.dtype)
     if isinstance(grad, tf.IndexedSlices):
         return tf.IndexedSlices(grad.values * factor, grad.indices, grad.dense_shape)
@@ -122,7 +127,7 @@ def _scaled(grad, factor):
 
 def global_clip_scale(grads, clip_norm):
     """``min(1, clip_norm / ||grads||)`` over all gradients (``IndexedSlices`` must have no
-    duplicate rows: ``_sum_duplicate_rows``); NaN when the norm is not finite, as in Keras."""
+    duplicate rows: ``sum_duplicate_rows``); NaN when the norm is not finite, as in Keras."""
     values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
     flat = [tf.reshape(tf.cast(v, tf.float32), [-1]) for v in values]
     norm = tf.sqrt(tf.add_n([tf.tensordot(v, v, 1) for v in flat]))  # one pass per gradient
@@ -133,28 +138,13 @@ def global_clip_scale(grads, clip_norm):
 class SGD(ClipAfterCrossReplicaSum, keras.optimizers.SGD):
     """``keras.optimizers.SGD`` whose clipping is exact across replicas (see the module).
 
-    Plain SGD (no momentum, no per-variable clipping) on one device takes a fused path with
-    the same result: the global-norm clip factor folds into the learning rate, so every
-    variable is read and written once (``w -= lr * scale * g``), and an embedding's sparse
-    gradient stays sparse (only the rows of the batch's tokens are updated). Keras's path
-    scales every gradient, then updates, and densifies the embedding gradient (a 10k x 200
-    matrix per step for PTB): 9.4 vs 5.6 ms per step measured here for the PTB small model.
+    Plain SGD (no momentum, no per-variable clipping) on one device takes the fast path's
+    fused update with the same result (``keras_rnnlm.fast.sgd``): the global-norm clip
+    factor folds into the learning rate and an embedding's sparse gradient stays sparse.
     """
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if tf.distribute.has_strategy() or self.momentum or self.clipnorm or self.clipvalue:
-            return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        grads = [_sum_duplicate_rows(g) for g in grads]
-        step = tf.cast(learning_rate, tf.float32)
-        if self.global_clipnorm:
-            step = step * global_clip_scale(grads, self.global_clipnorm)
-        for grad, variable in zip(grads, trainable_variables, strict=True):
-            if isinstance(grad, tf.IndexedSlices):
-                self.assign_sub(variable, _scaled(grad, step))  # only the rows present
-            else:  # w -= step * g in one kernel
-                tf.raw_ops.ResourceApplyGradientDescent(
-                    var=variable.value.handle, alpha=tf.cast(step, variable.dtype), delta=grad
-                )
+    def fused_update_step(self, grads, trainable_variables, learning_rate):
+        return fast_sgd.fused_sgd_update(self, grads, trainable_variables, learning_rate)
 
 
 @keras.saving.register_keras_serializable(package="keras_rnnlm")

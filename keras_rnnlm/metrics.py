@@ -23,10 +23,18 @@ class Perplexity(keras.metrics.Metric):
         jit_compile: compute the cross-entropy with a small XLA function (see
             ``keras_rnnlm.losses.sparse_softmax_cross_entropy``).
 
+    The fast path's fused train step updates it with ``update_from_totals`` (the NLL sum and
+    token count it computes anyway) because the class says it may:
+    ``supports_update_from_totals = True``, inherited by subclasses; a subclass whose
+    ``update_state`` is not ``update_from_totals`` of those sums must set it to False.
+
     Example:
 
     >>> model.compile(loss=MaskedLanguageModelLoss(), metrics=[Perplexity()])
     """
+
+    #: the fast path may call ``update_from_totals`` instead of ``update_state`` (see above)
+    supports_update_from_totals = True
 
     def __init__(self, name="perplexity", jit_compile=False, **kwargs):
         super().__init__(name=name, **kwargs)

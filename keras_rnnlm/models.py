@@ -5,52 +5,16 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_rnnlm import compat
 from keras_rnnlm.cells import CELLS
-from keras_rnnlm.layers import Recurrent, StackedRecurrent
-from keras_rnnlm.losses import (
-    MaskedLanguageModelLoss,
-    low_precision_matmul_gradients,
-    output_layer_cross_entropy,
-)
-from keras_rnnlm.metrics import Perplexity
+from keras_rnnlm.fast import bf16_matmul_is_fast, check_implementation
+from keras_rnnlm.fast import train_step as fast_dispatch
+from keras_rnnlm.fast.output_layer import low_precision_dense
+from keras_rnnlm.fast.train_step import JIT_RECURRENCE  # noqa: F401  (old home)
+from keras_rnnlm.layers import StackedRecurrent
 
 _PACKAGE = "keras_rnnlm"
-OUTPUT_DTYPES = ("float32", "bfloat16")
-JIT_RECURRENCE = "recurrence"
-
-
-@tf.function(jit_compile=True)
-def _add_bias_in_float32(product, bias):  # one pass over the (positions, vocabulary) logits
-    return tf.cast(product, tf.float32) + bias
-
-
-@tf.function(jit_compile=True)
-def _cast_and_bias_gradient(d_logits, dtype):  # one pass: low-precision copy and column sums
-    return tf.cast(d_logits, dtype), tf.reduce_sum(d_logits, axis=0)
-
-
-def low_precision_dense(inputs, kernel, bias, dtype):
-    """``inputs @ kernel + bias`` with ``dtype`` (bfloat16) matmul operands, float32 result.
-
-    ``inputs`` ``(positions, units)`` and ``kernel`` ``(units, vocabulary)`` are cast to
-    ``dtype`` for the three matrix products (forward, and the two of the gradient), which run
-    on oneDNN; the bias add and, in the gradient, the bias sum and cast of the incoming
-    gradient are each one small XLA pass over the logits (TensorFlow's separate
-    ``Cast``/``AddV2``/``Sum`` kernels took ~8 ms of a ~50 ms PTB-small training step).
-    """
-
-    @tf.custom_gradient
-    def dense(inputs, kernel, bias):
-        low_inputs, low_kernel = tf.cast(inputs, dtype), tf.cast(kernel, dtype)
-        logits = _add_bias_in_float32(tf.matmul(low_inputs, low_kernel), bias)
-
-        def grad(d_logits):
-            d_low, d_bias = _cast_and_bias_gradient(d_logits, dtype)
-            return (*low_precision_matmul_gradients(d_low, low_inputs, low_kernel), d_bias)
-
-        return logits, grad
-
-    return dense(inputs, tf.convert_to_tensor(kernel), tf.convert_to_tensor(bias))
+OUTPUT_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -81,20 +45,20 @@ class RNNLanguageModel(keras.Model):
             (cuDNN on a GPU) instead of ``keras_rnnlm.layers.Recurrent``. The weights have the
             same layout, so ``set_weights`` moves them between the two.
         cell_kwargs: extra cell arguments (``unit_forget_bias``, ``reset_after``...).
-        output_dtype: ``"float32"`` (default) or ``"bfloat16"``: compute dtype of the output
-            layer's matrix multiply (forward and both gradients). The weights stay float32
-            (master weights) and the logits come back float32, so the softmax and the loss
-            stay float32; only the ``units x vocabulary`` matmuls round their operands to
-            bfloat16 (oneDNN accumulates in float32 and rounds the products to bfloat16,
-            before the float32 bias add). On CPUs with AVX512-BF16 oneDNN runs them about
-            1.5-2x faster when the train step is not XLA-compiled as a whole (see
-            ``compile(jit_compile="recurrence")``).
+        output_dtype: ``"auto"`` (default), ``"float32"`` or ``"bfloat16"``: dtype of the
+            output layer's matmul operands (forward and both gradients). The weights stay
+            float32 (master weights) and the logits come back float32, so the softmax and the
+            loss stay float32; only the ``units x vocabulary`` matmuls round their operands to
+            bfloat16 (oneDNN accumulates in float32). ``"auto"``: bfloat16 in the training
+            step of the fast path on a device where it is faster (GPU, CPU with
+            AVX512-BF16/AMX: about 1.5-2x for these matmuls), float32 everywhere else
+            (evaluation, inference). ``"float32"`` is the fp32 switch.
+        implementation: ``"auto"`` (default), ``"reference"`` or ``"fast"``: which
+            implementation trains the model (see ``keras_rnnlm.fast``); saved in the config.
 
-    Compile arguments: ``compile`` also accepts ``jit_compile="recurrence"``: the train step
-    runs as a TensorFlow graph (its matrix multiplies on oneDNN, bfloat16 ones included), each
-    recurrent layer's time loop is XLA-compiled, forward and gradient, and with the
-    ``compile_language_model`` loss and metrics the output layer and the loss are one fused
-    operation (see ``compile``).
+    Compile arguments: ``compile`` also accepts ``jit_compile="recurrence"``, the old spelling
+    of the fast path. Which path a compiled model takes is decided in one place,
+    ``keras_rnnlm.fast.train_step``.
 
     Call arguments:
         inputs: int ``(batch, time)`` token ids, 0 = padding.
@@ -124,10 +88,14 @@ class RNNLanguageModel(keras.Model):
         stateful=False,
         use_builtin_layers=False,
         cell_kwargs=None,
-        output_dtype="float32",
+        output_dtype="auto",
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_implementation(implementation)
+        if use_builtin_layers and implementation == "fast":
+            raise ValueError('implementation="fast" needs use_builtin_layers=False.')
         if not isinstance(vocabulary_size, int) or vocabulary_size < 2:
             raise ValueError(f"vocabulary_size must be an int >= 2, got {vocabulary_size!r}.")
         if output_dtype not in OUTPUT_DTYPES:
@@ -151,6 +119,7 @@ class RNNLanguageModel(keras.Model):
         self.use_builtin_layers = use_builtin_layers
         self.cell_kwargs = dict(cell_kwargs or {})
         self.output_dtype = output_dtype
+        self.implementation = implementation
 
         init = "uniform"
         if init_scale is not None:
@@ -171,6 +140,7 @@ class RNNLanguageModel(keras.Model):
             stateful=stateful,
             use_builtin_layers=use_builtin_layers,
             cell_kwargs=cell_kwargs,
+            implementation=implementation,
             name="rnn",
         )
         if not tie_embeddings:
@@ -210,16 +180,28 @@ class RNNLanguageModel(keras.Model):
             return ops.transpose(self.embedding.embeddings), self.output_bias
         return self.output_layer.kernel, self.output_layer.bias
 
-    def logits_from_hidden(self, hidden):
+    #: runtime state set by ``compile`` (``keras_rnnlm.fast.train_step``), never saved
+    _fast_path = False
+    _fused_metrics = None
+
+    def output_matmul_dtype(self, training=False):
+        """The output layer's matmul operand dtype for a training (or other) call."""
+        if self.output_dtype != "auto":
+            return self.output_dtype
+        fast_bf16 = training and self._fast_path and bf16_matmul_is_fast()
+        return "bfloat16" if fast_bf16 else "float32"
+
+    def logits_from_hidden(self, hidden, training=False):
         """Output layer: ``(..., units) -> (..., vocabulary_size)`` float32 logits."""
-        if self.output_dtype == "float32" and not self.tie_embeddings:
+        dtype = self.output_matmul_dtype(training)
+        if dtype == "float32" and not self.tie_embeddings:
             return self.output_layer(hidden)
         kernel, bias = self.output_weights()
-        if self.output_dtype == "float32":
+        if dtype == "float32":
             return ops.matmul(hidden, kernel) + bias
         # bfloat16 operands, float32 result: one 2-D matmul (oneDNN) on the flattened positions
         flat = ops.reshape(hidden, (-1, hidden.shape[-1]))  # (positions, units)
-        logits = low_precision_dense(flat, kernel, bias, self.output_dtype)
+        logits = low_precision_dense(flat, kernel, bias, dtype)
         return tf.reshape(logits, tf.concat([tf.shape(hidden)[:-1], [-1]], axis=0))
 
     def forward(self, token_ids, initial_state=None, training=False):
@@ -229,7 +211,8 @@ class RNNLanguageModel(keras.Model):
         right-padded batch are each row's states after its last real token.
         """
         hidden, states = self.hidden_states(token_ids, initial_state, training)
-        return self.logits_from_hidden(hidden), states  # (batch, time, vocabulary_size)
+        logits = self.logits_from_hidden(hidden, training)  # (batch, time, vocabulary_size)
+        return logits, states
 
     def hidden_states(self, token_ids, initial_state=None, training=False):
         """The last recurrent layer's outputs ``(batch, time, units)`` and the final states."""
@@ -289,77 +272,24 @@ class RNNLanguageModel(keras.Model):
             variable.assign(trained[variable.path])
         return copy
 
-    #: the Perplexity metrics a fused train step updates; None: Keras's own train step
-    _fused_metrics = None
-
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, jit_compile="auto", **kwargs):
-        """``keras.Model.compile``; ``jit_compile`` also accepts ``"recurrence"`` (see the class
-        docstring): graph-mode step, XLA-compiled time loops.
-
-        With ``"recurrence"``, a ``MaskedLanguageModelLoss`` and no metrics other than
-        ``Perplexity``/``BitsPerCharacter`` (what ``compile_language_model`` sets up), the
-        train step fuses the output layer with the loss
-        (``losses.output_layer_cross_entropy``); evaluation and prediction are unchanged.
-        """
-        recurrence = jit_compile == JIT_RECURRENCE
-        for layer in self.rnn.rnn_layers:
-            if isinstance(layer, Recurrent):
-                layer.jit_time_loop = recurrence
+        """``keras.Model.compile``, after choosing the reference or the fast path
+        (``keras_rnnlm.fast.train_step.configure_compile``); ``jit_compile`` also accepts
+        ``"recurrence"`` (the fast path, old spelling)."""
+        keras_jit = fast_dispatch.configure_compile(self, jit_compile, loss, metrics, kwargs)
         super().compile(
-            optimizer=optimizer,
-            loss=loss,
-            metrics=metrics,
-            jit_compile=False if recurrence else jit_compile,
-            **kwargs,
+            optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=keras_jit, **kwargs
         )
-        fusable = (
-            recurrence
-            and isinstance(loss, MaskedLanguageModelLoss)
-            and all(isinstance(m, Perplexity) for m in (metrics or []))  # incl. BitsPerCharacter
-            and not any(kwargs.get(k) for k in ("loss_weights", "weighted_metrics"))
-        )
-        # untracked: the metrics belong to Keras's compiled metrics already
-        object.__setattr__(self, "_fused_metrics", list(metrics or []) if fusable else None)
-        if recurrence:  # restored by load_model (compile_from_config calls compile(**config))
-            self._compile_config.config["jit_compile"] = JIT_RECURRENCE
+        fast_dispatch.finish_compile(self, jit_compile)
 
     def train_step(self, data):
-        """Keras's train step; fused output layer + loss when ``compile`` enabled it."""
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if (
-            self._fused_metrics is None
-            or sample_weight is not None
-            or tf.distribute.get_strategy().num_replicas_in_sync != 1
-        ):
-            return super().train_step(data)
-        with tf.GradientTape() as tape:
-            hidden, _ = self.hidden_states(x, training=True)  # (batch, time, units)
-            kernel, bias = self.output_weights()
-            loss, nll_sum, count = output_layer_cross_entropy(
-                tf.reshape(hidden, [-1, hidden.shape[-1]]),
-                kernel,
-                bias,
-                tf.reshape(y, [-1]),
-                self.output_dtype,
-            )
-            if self.losses:
-                loss = loss + ops.sum(self.losses)
-            self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
-            scaled = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, self.trainable_weights)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        if self._fused_metrics:
-            if not self._compile_metrics.built:  # single output: only the structure counts
-                self._compile_metrics.build(y, y)
-            for metric in self._fused_metrics:
-                metric.update_from_totals(nll_sum, count)
-        return self.get_metrics_result()
+        """The fast path's fused step when ``compile`` chose it, else Keras's train step."""
+        logs = fast_dispatch.fused_train_step(self, data)
+        return super().train_step(data) if logs is None else logs
 
     def compile_from_config(self, config):
-        # Keras skips this for models with their own compile(); ours only adds a jit mode
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if hasattr(self, "optimizer") and self.built:
-            self.optimizer.build(self.trainable_variables)  # create the optimizer variables
+        # Keras skips this for models with their own compile()
+        compat.compile_from_config(self, config)
 
     def reset_states(self):
         """Zero the carried states of a stateful model (start of an epoch or of evaluation)."""
@@ -382,6 +312,7 @@ class RNNLanguageModel(keras.Model):
                 "use_builtin_layers": self.use_builtin_layers,
                 "cell_kwargs": self.cell_kwargs,
                 "output_dtype": self.output_dtype,
+                "implementation": self.implementation,
             }
         )
         return config

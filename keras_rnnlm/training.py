@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rnnlm.distribute import SGD, Adam
+from keras_rnnlm.fast.train_step import JIT_RECURRENCE, uses_fast_path
 from keras_rnnlm.losses import MaskedLanguageModelLoss, token_nll
 from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
 from keras_rnnlm.models import RNNLanguageModel
@@ -57,24 +58,38 @@ def compile_language_model(
     clip_norm: float | None = 5.0,
     clipping: str = "global",
     level: str = "word",
-    jit_compile: bool | str = True,
+    jit_compile: bool | str = "auto",
 ) -> keras.Model:
     """Compile ``model`` with the masked LM loss, ``Perplexity`` (and bits per character for
     ``level="char"``), and an optimizer from ``make_optimizer`` (or the one given).
 
-    ``jit_compile``: ``True`` XLA-compiles the whole train step; ``False`` runs it as a
-    TensorFlow graph; ``"recurrence"`` (``RNNLanguageModel`` only) runs it as a graph with
-    each recurrent time loop XLA-compiled (forward, and a hand-written backward for LSTM and
-    SimpleRNN cells), the output layer's matmuls on oneDNN and the output layer fused with
-    the loss (``losses.output_layer_cross_entropy``: one XLA pass over the logits for loss,
-    gradient and perplexity), which is faster on CPU, above all with
-    ``RNNLanguageModel(output_dtype="bfloat16")``.
+    Args:
+        model: the model (an ``RNNLanguageModel`` for the fast path).
+        optimizer: ``"sgd"``, ``"adam"`` or an optimizer instance.
+        learning_rate: for ``make_optimizer``.
+        clip_norm: for ``make_optimizer``.
+        clipping: for ``make_optimizer``.
+        level: ``"word"`` or ``"char"`` (adds ``BitsPerCharacter``).
+        jit_compile: ``"auto"`` (default): for an ``RNNLanguageModel``, the fastest supported
+            implementation (``keras_rnnlm.fast``: graph-mode step, XLA time loops with a
+            hand-written backward, output layer fused with the loss, bfloat16 output matmuls
+            where the device runs them fast); Keras's ``"auto"`` for other models. ``True``:
+            XLA-compile the whole train step (reference path). ``False``: a TensorFlow graph
+            without XLA (reference path). ``"recurrence"``: the fast path (old spelling).
+
+    Returns:
+        ``model``, compiled.
+
+    Example:
+
+    >>> compile_language_model(RNNLanguageModel(1000), "adam", 0.002)
     """
-    if jit_compile == "recurrence" and not isinstance(model, RNNLanguageModel):
+    is_lm = isinstance(model, RNNLanguageModel)
+    if jit_compile == JIT_RECURRENCE and not is_lm:
         raise ValueError('jit_compile="recurrence" needs an RNNLanguageModel.')
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer, learning_rate, clip_norm, clipping)
-    xla_loss = jit_compile == "recurrence"
+    xla_loss = is_lm and uses_fast_path(model, jit_compile)  # XLA xent in a graph-mode step
     metrics = [Perplexity(jit_compile=xla_loss)]
     if level == "char":
         metrics.append(BitsPerCharacter(jit_compile=xla_loss))

@@ -119,22 +119,30 @@ def test_fused_sgd_equals_keras_sgd_with_sparse_duplicate_rows(clip_norm):
     np.testing.assert_array_equal(results[0][0][untouched], start[0][untouched].astype("float32"))
 
 
-def test_global_norm_counts_duplicate_rows_once_unlike_keras():
-    from keras.src.optimizers.base_optimizer import global_norm
+def _applied_rows(optimizer, grad):
+    variable = keras.Variable(np.zeros((4, 2), "float32"))
+    optimizer.apply([grad], [variable])
+    return -variable.numpy()  # SGD lr 1: the applied (clipped) gradient
 
-    from keras_rnnlm.distribute import _sum_duplicate_rows, global_clip_scale
+
+def test_global_norm_counts_duplicate_rows_once_unlike_keras():
+    from keras_rnnlm.distribute import global_clip_scale, sum_duplicate_rows
 
     sparse = tf.IndexedSlices(tf.constant([[3.0, 0.0], [0.0, 4.0]]), tf.constant([2, 2]), [4, 2])
     dense_norm = float(tf.norm(tf.convert_to_tensor(sparse)))  # row 2 = [3, 4]: norm 5
     assert dense_norm == 5.0
-    assert float(global_clip_scale([_sum_duplicate_rows(sparse)], 1.0)) == pytest.approx(0.2)
-    assert float(global_norm([sparse])) == pytest.approx(5.0)  # squares 9 + 16 either way...
+    assert float(global_clip_scale([sum_duplicate_rows(sparse)], 1.0)) == pytest.approx(0.2)
     overlapping = tf.IndexedSlices(
         tf.constant([[3.0, 4.0], [3.0, 4.0]]), tf.constant([1, 1]), [4, 2]
     )
-    # ...but when duplicate rows overlap, the dense row is [6, 8] (norm 10), Keras says 7.07
-    assert float(global_norm([overlapping])) == pytest.approx(50**0.5)
-    assert float(global_clip_scale([_sum_duplicate_rows(overlapping)], 1.0)) == pytest.approx(0.1)
+    # the dense row is [6, 8] (norm 10): clipped to norm 1 here...
+    assert float(global_clip_scale([sum_duplicate_rows(overlapping)], 1.0)) == pytest.approx(0.1)
+    ours = _applied_rows(SGD(learning_rate=1.0, global_clipnorm=1.0), overlapping)
+    np.testing.assert_allclose(ours[1], [0.6, 0.8], atol=1e-6)
+    # ...while stock Keras squares the slices as they come (norm sqrt(50) = 7.07), so its
+    # clipped update is longer than the limit: sqrt(2)
+    stock = _applied_rows(keras.optimizers.SGD(learning_rate=1.0, global_clipnorm=1.0), overlapping)
+    assert float(np.linalg.norm(stock)) == pytest.approx(2**0.5, rel=1e-5)
 
 
 def test_fused_sgd_turns_weights_nan_on_a_non_finite_gradient():

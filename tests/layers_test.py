@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_rnnlm.cells import GRUCell, LSTMCell, SimpleRNNCell
+from keras_rnnlm.fast.cell_backward import backward_rule
 from keras_rnnlm.layers import Bidirectional, Recurrent, StackedRecurrent, reverse_padded
 
 LENGTHS = [6, 4, 1]
@@ -156,7 +157,8 @@ def test_compiled_time_loop_gradients_equal_the_graph_loop(
     args = (masked, go_backwards, return_sequences, "float32")
     _, _, loss, grads = _loss_and_gradients(cell, False, *args)
     layer, _, compiled_loss, compiled_grads = _loss_and_gradients(cell, True, *args)
-    assert hasattr(layer.cell, "step_backward") == (cell is not GRUCell)
+    assert (backward_rule(layer.cell) is not None) == (cell is not GRUCell)
+    assert layer.uses_fast_time_loop
     np.testing.assert_allclose(compiled_loss, loss, rtol=1e-5)
     for ours, reference in zip(compiled_grads, grads, strict=True):
         np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
@@ -181,3 +183,23 @@ def test_hand_written_backward_matches_finite_differences(cell):
         kernel.assign(original)
         numeric = (values[0] - values[1]) / 2e-6
         assert numeric == pytest.approx(analytic[index], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("cell", [LSTMCell, GRUCell])
+def test_implementation_is_serialized_and_fast_equals_reference(cell):
+    outputs = {}
+    for implementation in ("reference", "fast"):
+        keras.utils.set_random_seed(1)
+        layer = Recurrent(cell(4), return_sequences=True, implementation=implementation)
+        outputs[implementation] = np.asarray(layer(X, mask=MASK))
+        assert layer.uses_fast_time_loop == (implementation == "fast")
+        assert Recurrent.from_config(layer.get_config()).implementation == implementation
+    np.testing.assert_allclose(outputs["fast"], outputs["reference"], atol=1e-6)
+    reference = Recurrent(cell(4), implementation="reference")
+    reference.jit_time_loop = True  # the compile-time switch cannot override "reference"
+    assert not reference.uses_fast_time_loop
+    stack = StackedRecurrent("lstm", units=4, num_layers=2, implementation="fast")
+    assert [layer.implementation for layer in stack.rnn_layers] == ["fast", "fast"]
+    assert StackedRecurrent.from_config(stack.get_config()).implementation == "fast"
+    with pytest.raises(ValueError, match="implementation"):
+        Recurrent(cell(4), implementation="cudnn")

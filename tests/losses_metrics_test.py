@@ -63,9 +63,16 @@ def test_perplexity_over_unequal_batches_is_exp_of_total_nll_over_total_tokens()
 
 
 def test_metric_and_loss_serialize():
-    for obj in (Perplexity(), MaskedLanguageModelLoss()):
+    # non-default arguments, so that a lost jit_compile or name would fail
+    for obj in (
+        Perplexity(name="ppl", jit_compile=True),
+        BitsPerCharacter(jit_compile=True),
+        MaskedLanguageModelLoss(name="lm", jit_compile=True),
+    ):
         clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
         assert type(clone) is type(obj)
+        assert clone.get_config() == obj.get_config()
+        assert clone.jit_compile is True and clone.name == obj.name
 
 
 def test_xla_cross_entropy_paths_match_hand_computation():
@@ -107,7 +114,7 @@ def test_fused_output_layer_cross_entropy_equals_loss_of_logits(dtype):
     # logits of the same matmul, differentiated by TensorFlow: value, gradients, NLL sum, count
     import tensorflow as tf
 
-    from keras_rnnlm.losses import output_layer_cross_entropy
+    from keras_rnnlm.fast.output_layer import output_layer_cross_entropy
 
     hidden = tf.constant(RNG.normal(size=(10, 6)), tf.float32)
     kernel = tf.constant(RNG.normal(size=(6, 9)), tf.float32)
@@ -138,7 +145,7 @@ def test_fused_output_layer_cross_entropy_equals_loss_of_logits(dtype):
 def test_fused_output_layer_cross_entropy_of_padding_only_is_zero():
     import tensorflow as tf
 
-    from keras_rnnlm.losses import output_layer_cross_entropy
+    from keras_rnnlm.fast.output_layer import output_layer_cross_entropy
 
     hidden = tf.ones((3, 2))
     with tf.GradientTape() as tape:

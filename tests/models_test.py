@@ -126,7 +126,7 @@ def test_low_precision_dense_gradients_equal_autodiff_of_the_same_formula():
     # differentiation of cast -> matmul -> cast -> add, and the float32 layer within bf16 error
     import tensorflow as tf
 
-    from keras_rnnlm.models import low_precision_dense
+    from keras_rnnlm.fast.output_layer import low_precision_dense
 
     rng = np.random.default_rng(0)
     inputs = tf.constant(rng.normal(size=(12, 8)), tf.float32)

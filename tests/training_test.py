@@ -121,7 +121,9 @@ def test_carrying_state_changes_the_training_loss_and_resets_each_epoch():
     model = _stateful()
     compile_language_model(model, "sgd", 0.0, None, jit_compile=False)  # lr 0: weights frozen
     carried = model.evaluate(data, verbose=0, return_dict=True)["perplexity"]
-    model.fit(data, epochs=2, verbose=0, callbacks=[ResetStatesCallback(), RecordState()])
+    model.fit(
+        data, epochs=2, verbose=0, shuffle=False, callbacks=[ResetStatesCallback(), RecordState()]
+    )
     assert seen == [0.0, 0.0]  # zero state at the start of every epoch
 
     # the same frozen weights without carrying state (state zero at every window)
@@ -186,7 +188,8 @@ def test_hybrid_bfloat16_training_fits_like_float32_and_reloads(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert loaded.compiled and all(layer.jit_time_loop for layer in loaded.rnn.rnn_layers)
-    loaded.fit(x[:, :-1], x[:, 1:], batch_size=4, epochs=1, verbose=0)
+    resumed = loaded.fit(x[:, :-1], x[:, 1:], batch_size=4, epochs=1, verbose=0)
+    assert resumed.history["loss"][0] < losses["bfloat16"][-1]  # continues where it stopped
 
 
 def test_recurrence_jit_needs_an_rnn_language_model():
@@ -203,17 +206,22 @@ def test_fused_train_step_trains_exactly_like_keras_train_step(output_dtype, tie
     y = RNG.integers(0, 40, size=(4, 8)).astype("int32")
     x[1, 5:], y[1, 4:] = 0, 0  # a padded row
     runs = {}
-    for jit in ("recurrence", False):
+    for implementation in ("fast", "reference"):
         keras.utils.set_random_seed(3)
         model = RNNLanguageModel(
-            40, units=8, embedding_dim=8, output_dtype=output_dtype, tie_embeddings=tie
+            40,
+            units=8,
+            embedding_dim=8,
+            output_dtype=output_dtype,
+            tie_embeddings=tie,
+            implementation=implementation,
         )
         model.build((None, None))
-        compile_language_model(model, "sgd", learning_rate=1.0, clip_norm=0.5, jit_compile=jit)
-        assert (model._fused_metrics is not None) == (jit == "recurrence")
+        compile_language_model(model, "sgd", learning_rate=1.0, clip_norm=0.5, jit_compile=False)
+        assert (model._fused_metrics is not None) == (implementation == "fast")
         history = model.fit(x, y, batch_size=4, epochs=3, verbose=0, shuffle=False)
-        runs[jit] = history.history, [w.numpy() for w in model.weights]
-    (fused_logs, fused_weights), (keras_logs, keras_weights) = runs["recurrence"], runs[False]
+        runs[implementation] = history.history, [w.numpy() for w in model.weights]
+    (fused_logs, fused_weights), (keras_logs, keras_weights) = runs["fast"], runs["reference"]
     assert set(fused_logs) == set(keras_logs) == {"loss", "perplexity"}
     # bf16: one rounding of the logits gradient may fall differently (the products' order)
     rtol, atol = (1e-5, 1e-6) if output_dtype == "float32" else (1e-3, 1e-4)
@@ -224,22 +232,34 @@ def test_fused_train_step_trains_exactly_like_keras_train_step(output_dtype, tie
 
 
 def test_fused_train_step_falls_back_for_other_metrics_and_sample_weights():
+    # the fast path without the fused step (a metric that needs the logits; sample weights)
+    # trains exactly like the reference path
     from keras_rnnlm.losses import MaskedLanguageModelLoss
     from keras_rnnlm.metrics import MaskedAccuracy
 
     x = RNG.integers(1, 20, size=(4, 6)).astype("int32")
-    model = RNNLanguageModel(20, units=4, embedding_dim=4)
-    model.compile(
-        "sgd",
-        MaskedLanguageModelLoss(jit_compile=True),
-        [MaskedAccuracy()],
-        jit_compile="recurrence",
-    )
-    assert model._fused_metrics is None  # a metric that needs the logits: Keras's step
-    history = model.fit(x, x, epochs=1, verbose=0)
-    assert "masked_accuracy" in history.history
-    compile_language_model(model, "sgd", jit_compile="recurrence")
-    assert model._fused_metrics is not None
-    weights = np.ones((4,), "float32")  # sample weights: Keras's step
-    history = model.fit(x, x, sample_weight=weights, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    weights = np.array([1.0, 0.5, 2.0, 0.0], "float32")
+    runs = {}
+    for implementation in ("auto", "reference"):
+        keras.utils.set_random_seed(5)
+        model = RNNLanguageModel(
+            20, units=4, embedding_dim=4, implementation=implementation, output_dtype="float32"
+        )
+        model.compile(
+            "sgd",
+            MaskedLanguageModelLoss(jit_compile=True),
+            [MaskedAccuracy()],
+            jit_compile="recurrence",
+        )
+        assert model._fused_metrics is None  # a metric that needs the logits: Keras's step
+        assert model._fast_path == (implementation == "auto")
+        other_metric = model.fit(x, x, epochs=2, verbose=0, shuffle=False).history
+        compile_language_model(model, "sgd", jit_compile="recurrence")
+        assert (model._fused_metrics is not None) == (implementation == "auto")
+        weighted = model.fit(x, x, sample_weight=weights, epochs=2, verbose=0, shuffle=False)
+        runs[implementation] = other_metric, weighted.history
+    for fast_logs, reference_logs in zip(runs["auto"], runs["reference"], strict=True):
+        assert set(fast_logs) == set(reference_logs)
+        for name in reference_logs:
+            np.testing.assert_allclose(fast_logs[name], reference_logs[name], rtol=1e-5)
+    assert "masked_accuracy" in runs["auto"][0]

@@ -1,0 +1,262 @@
+"""The fast time loop: XLA-compiled forward and backward through time.
+
+The reference is ``keras_rnnlm.layers.Recurrent._time_loop`` (a plain ``tf.while_loop`` over
+the cell's ``step``, differentiated by TensorFlow). Here the loop runs as its own XLA
+computation even when the surrounding train step is a TensorFlow graph:
+
+* ``explicit_time_loop`` (``SimpleRNNCell``, ``LSTMCell``: cells with a backward rule in
+  ``fast.cell_backward``): the forward pass saves the per-step gate activations and input
+  states, and a hand-written backward-through-time loop (also XLA) uses them; the
+  ``recurrent_kernel`` gradient is one matrix product outside the loop.
+* ``compiled_time_loop`` (any other cell): the reference loop XLA-compiled, and its gradient
+  recomputes the forward inside the compiled backward computation.
+
+``tests/layers_test.py`` checks both against the reference loop (float32, gradients to 1e-4
+relative / 1e-5 absolute; losses to 1e-5) and the hand-written backward against finite
+differences (float64). One XLA compilation per input shape; the compiled functions are
+cached on the layer (untracked, never saved).
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_rnnlm.fast.cell_backward import backward_rule
+
+
+def _steps(time_major):
+    """The number of time steps: static when known, else the (XLA compile-time) dynamic one."""
+    static = time_major.shape[0]
+    return static if static is not None else tf.shape(time_major)[0]
+
+
+def fast_time_loop(layer, projected, mask, states):
+    """``layer._time_loop`` on the fast path: explicit backward when the cell has a rule.
+
+    Args:
+        layer: a built ``keras_rnnlm.layers.Recurrent``.
+        projected: ``(batch, time, gates * units)``, the cell's ``project_inputs``.
+        mask: boolean ``(batch, time)`` or None.
+        states: list of ``(batch, units)`` initial states.
+
+    Returns:
+        ``(outputs (batch, time, units), last_output (batch, units), final_states)``, as the
+        reference loop.
+
+    Example:
+
+    >>> outputs, last, states = fast_time_loop(layer, projected, None, initial_states)
+    """
+    if backward_rule(layer.cell) is not None:
+        return explicit_time_loop(layer, projected, mask, states)
+    return compiled_time_loop(layer, projected, mask, states)
+
+
+def _pure_time_loop(layer, projected, mask, states, weights):
+    """``_time_loop`` with the cell's weights given as tensors (a pure function)."""
+    mapping = list(zip(layer.cell.trainable_weights, weights))
+    with keras.StatelessScope(state_mapping=mapping):
+        return layer._time_loop(projected, mask, states)
+
+
+def _xla_functions(layer):
+    functions = layer.__dict__.get("_xla_loop_functions")
+    if functions is not None:
+        return functions
+
+    def forward(projected, mask, states, weights, has_mask):
+        return _pure_time_loop(layer, projected, mask if has_mask else None, states, weights)
+
+    def backward(projected, mask, states, weights, has_mask, upstream):
+        # recompute the forward inside the same XLA computation: the while loop's saved
+        # intermediates (TensorLists) cannot be outputs of an XLA function
+        with tf.GradientTape() as tape:
+            tape.watch([projected, states, weights])
+            outputs, last, final = forward(projected, mask, states, weights, has_mask)
+        return tape.gradient(
+            [outputs, last, *final],
+            [projected, states, weights],
+            output_gradients=upstream,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+
+    functions = (
+        tf.function(forward, jit_compile=True),
+        tf.function(backward, jit_compile=True),
+    )
+    object.__setattr__(layer, "_xla_loop_functions", functions)  # untracked: never saved
+    return functions
+
+
+def compiled_time_loop(layer, projected, mask, states):
+    """``_time_loop`` as one XLA computation, and its gradient as another (``jit_time_loop``).
+
+    TensorFlow cannot differentiate an XLA function holding a while loop through its
+    saved intermediates, so the gradient recomputes the loop's forward pass (one extra
+    recurrence forward, inside the compiled backward computation).
+    """
+    forward, backward = _xla_functions(layer)
+    has_mask = mask is not None
+    mask = mask if has_mask else tf.zeros((), tf.bool)
+    weights = [tf.convert_to_tensor(w) for w in layer.cell.trainable_weights]
+    num_states = len(states)
+
+    @tf.custom_gradient
+    def loop(projected, mask, *flat):
+        states, weights = list(flat[:num_states]), list(flat[num_states:])
+        outputs, last, final = forward(  # stop_gradient: see _explicit_time_loop
+            *tf.nest.map_structure(tf.stop_gradient, (projected, mask, states, weights)),
+            has_mask,
+        )
+        results = [outputs, last, *final]
+
+        def grad(*upstream):
+            upstream = [tf.zeros_like(r) if u is None else u for u, r in zip(upstream, results)]
+            d_projected, d_states, d_weights = backward(
+                projected, mask, states, weights, has_mask, upstream
+            )
+            return [d_projected, None, *d_states, *d_weights]
+
+        return results, grad
+
+    outputs, last, *final = loop(projected, mask, *states, *weights)
+    return outputs, last, list(final)
+
+
+def _explicit_xla_functions(layer, rule):
+    """Forward saving per-step residuals, and a hand-written backward, both XLA-compiled.
+
+    For cells with a backward rule (``rule``: ``fast.cell_backward.backward_rule``).
+    Inputs and outputs are batch-major like the layer's; the transposes to and from the
+    loop's time-major order happen inside the compiled computations (fused there, instead
+    of separate transpose kernels), as does the saved ``h_{t-1}`` copy in batch-major order
+    for the ``recurrent_kernel`` gradient.
+    """
+    functions = layer.__dict__.get("_xla_explicit_functions")
+    if functions is not None:
+        return functions
+    cell = layer.cell
+    step_with_residuals, step_backward = rule
+
+    def forward(projected, mask, states, recurrent_kernel, has_mask):
+        projected = tf.transpose(projected, [1, 0, 2])  # (time, batch, gates * units)
+        num_steps = _steps(projected)
+        xs = tf.TensorArray(projected.dtype, size=num_steps).unstack(projected)
+        if has_mask:
+            mask = tf.transpose(mask, [1, 0])[:, :, None]  # (time, batch, 1)
+            masks = tf.TensorArray(tf.bool, size=num_steps).unstack(mask)
+        ys = tf.TensorArray(projected.dtype, size=num_steps)
+        residuals = tf.TensorArray(projected.dtype, size=num_steps)
+        inputs = [tf.TensorArray(s.dtype, size=num_steps) for s in states]  # states_{t-1}
+        last = tf.zeros_like(states[0])
+
+        def body(t, states, last, ys, residuals, inputs):
+            inputs = [ta.write(t, s) for ta, s in zip(inputs, states)]
+            new_states, residual = step_with_residuals(cell, xs.read(t), states, recurrent_kernel)
+            output = new_states[0]
+            if has_mask:
+                m = masks.read(t)  # (batch, 1)
+                new_states = [tf.where(m, new, old) for new, old in zip(new_states, states)]
+                output = tf.where(m, output, tf.zeros_like(output))
+                last = tf.where(m, output, last)
+            else:
+                last = output
+            return (
+                t + 1,
+                new_states,
+                last,
+                ys.write(t, output),
+                residuals.write(t, residual),
+                inputs,
+            )
+
+        _, states, last, ys, residuals, inputs = tf.while_loop(
+            lambda t, *_: t < num_steps,
+            body,
+            (tf.constant(0), list(states), last, ys, residuals, inputs),
+            maximum_iterations=num_steps,
+        )
+        inputs = [ta.stack() for ta in inputs]
+        h_prev = tf.transpose(inputs[0], [1, 0, 2])  # (batch, time, units)
+        saved = [residuals.stack(), h_prev, *inputs]
+        return tf.transpose(ys.stack(), [1, 0, 2]), last, states, saved
+
+    def backward(mask, recurrent_kernel, saved, d_outputs, d_last, d_states, has_mask):
+        residuals, inputs = saved[0], saved[2:]
+        num_steps = _steps(residuals)
+        d_outputs = tf.transpose(d_outputs, [1, 0, 2])  # (time, batch, units)
+        if has_mask:
+            mask = tf.transpose(mask, [1, 0])  # (time, batch)
+        d_zs = tf.TensorArray(residuals.dtype, size=num_steps)
+
+        def body(t, d_states, d_last, d_zs):
+            step = num_steps - 1 - t
+            d_new = list(d_states)
+            d_new[0] = d_new[0] + d_outputs[step] + d_last  # h_t is the output
+            if has_mask:
+                m = mask[step][:, None]
+                d_new = [tf.where(m, d, tf.zeros_like(d)) for d in d_new]
+            states = [s[step] for s in inputs]
+            d_z, d_prev = step_backward(cell, residuals[step], states, recurrent_kernel, d_new)
+            if has_mask:  # a masked step passed its states through unchanged
+                d_prev = [tf.where(m, p, d) for p, d in zip(d_prev, d_states)]
+                d_last = tf.where(m, tf.zeros_like(d_last), d_last)
+            else:
+                d_last = tf.zeros_like(d_last)
+            return t + 1, d_prev, d_last, d_zs.write(step, d_z)
+
+        _, d_states, _, d_zs = tf.while_loop(
+            lambda t, *_: t < num_steps,
+            body,
+            (tf.constant(0), list(d_states), d_last, d_zs),
+            maximum_iterations=num_steps,
+        )
+        return tf.transpose(d_zs.stack(), [1, 0, 2]), d_states  # (batch, time, ...)
+
+    functions = (
+        tf.function(forward, jit_compile=True),
+        tf.function(backward, jit_compile=True),
+    )
+    object.__setattr__(layer, "_xla_explicit_functions", functions)  # untracked
+    return functions
+
+
+def explicit_time_loop(layer, projected, mask, states):
+    """``_time_loop`` as one XLA computation with a hand-written gradient (``jit_time_loop``).
+
+    The forward computation also returns what the backward pass needs (per-step gate
+    activations and input states), so nothing is recomputed; the gradient of
+    ``recurrent_kernel`` is one ``(units, time * batch) @ (time * batch, gates * units)``
+    product outside the loop.
+    """
+    forward, backward = _explicit_xla_functions(layer, backward_rule(layer.cell))
+    has_mask = mask is not None
+    mask = tf.cast(mask, tf.bool) if has_mask else tf.zeros((), tf.bool)
+    recurrent_kernel = tf.convert_to_tensor(layer.cell.recurrent_kernel)
+
+    @tf.custom_gradient
+    def loop(projected, recurrent_kernel, *states):
+        # stop_gradient: a tape must not try to differentiate the XLA function itself
+        # (its while loop's TensorLists cannot leave it); `grad` below is the gradient
+        outputs, last, final, saved = forward(
+            *tf.nest.map_structure(
+                tf.stop_gradient, (projected, mask, list(states), recurrent_kernel)
+            ),
+            has_mask,
+        )
+        results = [outputs, last, *final]  # outputs: (batch, time, units)
+
+        def grad(*upstream):
+            upstream = [tf.zeros_like(r) if u is None else u for u, r in zip(upstream, results)]
+            d_outputs, d_last, d_final = upstream[0], upstream[1], upstream[2:]
+            d_z, d_states = backward(
+                mask, recurrent_kernel, saved, d_outputs, d_last, list(d_final), has_mask
+            )  # d_z: (batch, time, gates * units), the gradient of `projected`
+            units = recurrent_kernel.shape[0]
+            h_prev = tf.reshape(saved[1], [-1, units])  # (batch * time, units)
+            d_kernel = tf.matmul(h_prev, tf.reshape(d_z, [-1, d_z.shape[-1]]), transpose_a=True)
+            return [d_z, d_kernel, *d_states]
+
+        return results, grad
+
+    outputs, last, *final = loop(projected, recurrent_kernel, *states)
+    return outputs, last, list(final)

@@ -1,0 +1,133 @@
+"""The one dispatch place: which path a compiled ``RNNLanguageModel`` takes, and the fused
+train step of the fast path.
+
+``RNNLanguageModel.compile`` calls ``configure_compile`` (before Keras's ``compile``) and
+``finish_compile`` (after); ``RNNLanguageModel.train_step`` calls ``fused_train_step`` and
+falls back to Keras's ``train_step`` when it returns None. The reference for the fused step
+is Keras's ``train_step`` with the same loss and metrics (``tests/training_test.py``: logs and
+weights equal to 1e-5 in float32; bfloat16 within its rounding, and a loss-curve comparison).
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_rnnlm import compat
+from keras_rnnlm.fast.output_layer import output_layer_cross_entropy
+
+#: the old spelling of the fast path: ``compile(jit_compile="recurrence")``
+JIT_RECURRENCE = "recurrence"
+
+
+def fast_path_supported(model: keras.Model, jit_compile="auto") -> bool:
+    """Whether ``implementation="auto"`` picks the fast path for ``model`` here.
+
+    Args:
+        model: an ``RNNLanguageModel``.
+        jit_compile: the ``compile`` argument. ``"auto"`` lets the library choose; an
+            explicit ``True`` (whole-step XLA) or ``False`` (a graph without XLA) is honoured
+            with the reference layers.
+
+    Returns:
+        True for the from-scratch layers on one replica (no TPU) with ``jit_compile="auto"``.
+
+    Example:
+
+    >>> fast_path_supported(RNNLanguageModel(100))
+    True
+    """
+    if getattr(model, "use_builtin_layers", False) or jit_compile != "auto":
+        return False
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync != 1:
+        return False
+    return not isinstance(strategy, (tf.distribute.TPUStrategy,))
+
+
+def uses_fast_path(model: keras.Model, jit_compile="auto") -> bool:
+    """The path ``model.compile(jit_compile=jit_compile)`` takes: True for the fast path.
+
+    ``implementation="reference"`` never, ``"fast"`` (or ``jit_compile="recurrence"``)
+    always, ``"auto"`` when ``fast_path_supported``.
+    """
+    implementation = getattr(model, "implementation", "reference")
+    if implementation == "reference":
+        return False
+    if implementation == "fast" or jit_compile == JIT_RECURRENCE:
+        return True
+    return fast_path_supported(model, jit_compile)
+
+
+def _fusable(loss, metrics, compile_kwargs) -> bool:
+    if not getattr(loss, "supports_fused_output_layer", False):
+        return False
+    if metrics is not None and not isinstance(metrics, (list, tuple)):
+        return False  # a dict of metrics per output
+    if any(compile_kwargs.get(k) for k in ("loss_weights", "weighted_metrics")):
+        return False
+    return all(getattr(m, "supports_update_from_totals", False) for m in metrics or [])
+
+
+def configure_compile(model, jit_compile, loss, metrics, compile_kwargs):
+    """Choose the path for ``model.compile``; returns the ``jit_compile`` to give Keras.
+
+    On the fast path: every ``Recurrent`` layer's ``jit_time_loop`` on, the step a graph
+    (``False``), and the fused train step when the loss and metrics allow it.
+    """
+    fast = uses_fast_path(model, jit_compile)
+    for layer in model.rnn.rnn_layers:
+        if hasattr(layer, "jit_time_loop"):
+            layer.jit_time_loop = fast
+    # untracked runtime state (not saved); the metrics belong to Keras's compiled metrics
+    object.__setattr__(model, "_fast_path", fast)
+    fused = list(metrics or []) if fast and _fusable(loss, metrics, compile_kwargs) else None
+    object.__setattr__(model, "_fused_metrics", fused)
+    if fast or jit_compile == JIT_RECURRENCE:
+        return False
+    return jit_compile
+
+
+def finish_compile(model, jit_compile) -> None:
+    """Save the caller's ``jit_compile`` (not the one given to Keras) in the compile config,
+    so a reloaded model makes the same choice again on its own device."""
+    compat.set_compile_config_value(model, "jit_compile", jit_compile)
+
+
+def fused_train_step(model, data):
+    """The fast path's train step (output layer fused with the loss), or None to fall back.
+
+    Args:
+        model: a compiled ``RNNLanguageModel``.
+        data: the batch, ``(x, y)`` or ``(x, y, sample_weight)``.
+
+    Returns:
+        The logs dict, or None when the fused step does not apply (reference path, a loss or
+        metric without the capability, sample weights, several replicas).
+    """
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if (
+        model._fused_metrics is None
+        or sample_weight is not None
+        or tf.distribute.get_strategy().num_replicas_in_sync != 1
+    ):
+        return None
+    with tf.GradientTape() as tape:
+        hidden, _ = model.hidden_states(x, training=True)  # (batch, time, units)
+        kernel, bias = model.output_weights()
+        loss, nll_sum, count = output_layer_cross_entropy(
+            tf.reshape(hidden, [-1, hidden.shape[-1]]),
+            kernel,
+            bias,
+            tf.reshape(y, [-1]),
+            model.output_matmul_dtype(training=True),
+        )
+        if model.losses:
+            loss = loss + tf.add_n(model.losses)
+        compat.update_loss_tracker(model, loss, tf.shape(x)[0])
+        scaled = model.optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled, model.trainable_weights)
+    model.optimizer.apply_gradients(zip(gradients, model.trainable_weights))
+    if model._fused_metrics:
+        compat.build_compiled_metrics(model, y)
+        for metric in model._fused_metrics:
+            metric.update_from_totals(nll_sum, count)
+    return model.get_metrics_result()

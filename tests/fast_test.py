@@ -1,0 +1,225 @@
+"""The fast path against the reference: cell backward rules, fused SGD, the dispatch, the
+bfloat16 output matmuls of ``output_dtype="auto"``, and old ``.keras`` files."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_rnnlm import fast
+from keras_rnnlm.cells import GRUCell, LSTMCell, SimpleRNNCell
+from keras_rnnlm.distribute import SGD
+from keras_rnnlm.fast.cell_backward import backward_rule
+from keras_rnnlm.fast.train_step import fast_path_supported, uses_fast_path
+from keras_rnnlm.losses import MaskedLanguageModelLoss
+from keras_rnnlm.metrics import Perplexity
+from keras_rnnlm.models import RNNLanguageModel
+from keras_rnnlm.training import compile_language_model
+
+DATA = Path(__file__).with_name("data")
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("cell_class", [SimpleRNNCell, LSTMCell])
+def test_backward_rule_equals_autodiff_of_the_reference_step(cell_class):
+    # forward half: exactly the cell's step; backward half: TensorFlow's gradient of it
+    cell = cell_class(6)
+    cell.build((None, 5))
+    projected = tf.constant(RNG.normal(size=(4, 6 * cell.num_gates)), "float32")
+    states = [tf.constant(RNG.normal(size=(4, 6)), "float32") for _ in cell.get_initial_state(4)]
+    d_new = [tf.constant(RNG.normal(size=(4, 6)), "float32") for _ in states]
+    step_with_residuals, step_backward = backward_rule(cell)
+    with tf.GradientTape() as tape:
+        tape.watch([projected, *states])
+        _, expected = cell.step(projected, states)
+        total = sum(tf.reduce_sum(s * d) for s, d in zip(expected, d_new))
+    d_projected, *d_states = tape.gradient(total, [projected, *states])
+    new_states, residuals = step_with_residuals(cell, projected, states, cell.recurrent_kernel)
+    for ours, reference in zip(new_states, expected, strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-6)
+    d_z, d_prev = step_backward(cell, residuals, states, cell.recurrent_kernel, d_new)
+    np.testing.assert_allclose(d_z, d_projected, rtol=1e-5, atol=1e-6)
+    for ours, reference in zip(d_prev, d_states, strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_subclassed_and_other_cells_have_no_backward_rule():
+    class MyLSTM(LSTMCell):  # may change the step: the generic compiled loop instead
+        pass
+
+    assert backward_rule(MyLSTM(2)) is None and backward_rule(GRUCell(2)) is None
+
+
+class ReferenceSGD(SGD):
+    def fused_update_step(self, grads, trainable_variables, learning_rate):
+        return False  # Keras's update after the exact clipping
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_fused_sgd_update_equals_the_reference_update(clip):
+    x = RNG.integers(1, 20, size=(4, 6)).astype("int32")
+    x[:, 3] = 5  # a repeated token: duplicate embedding rows in the sparse gradient
+    weights = {}
+    for name, cls in (("fused", SGD), ("reference", ReferenceSGD)):
+        keras.utils.set_random_seed(2)
+        model = RNNLanguageModel(20, units=4, embedding_dim=4, num_layers=1)
+        model.compile(cls(learning_rate=1.0, global_clipnorm=clip), MaskedLanguageModelLoss())
+        model.fit(x[:, :-1], x[:, 1:], epochs=3, verbose=0, shuffle=False)
+        weights[name] = [w.numpy() for w in model.weights]
+    for a, b in zip(weights["fused"], weights["reference"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bf16_detection_follows_the_device():
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    flags = fast._cpu_flags()
+    expected = has_gpu or bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert fast.bf16_matmul_is_fast() is expected
+
+
+def test_implementation_is_validated_and_serialized():
+    with pytest.raises(ValueError, match="implementation"):
+        RNNLanguageModel(10, implementation="cudnn")
+    with pytest.raises(ValueError, match="use_builtin_layers"):
+        RNNLanguageModel(10, implementation="fast", use_builtin_layers=True)
+    model = RNNLanguageModel(10, units=4, embedding_dim=4, implementation="reference")
+    config = model.get_config()
+    assert config["implementation"] == "reference" and config["output_dtype"] == "auto"
+    assert [layer.implementation for layer in model.rnn.rnn_layers] == ["reference"] * 2
+    clone = RNNLanguageModel.from_config(config)
+    assert clone.get_config() == config
+
+
+def _lm(**kwargs):
+    model = RNNLanguageModel(30, units=8, embedding_dim=8, init_scale=0.1, **kwargs)
+    model.build((None, None))
+    return model
+
+
+class _MyLoss(MaskedLanguageModelLoss):  # inherits supports_fused_output_layer
+    pass
+
+
+class _MyPerplexity(Perplexity):
+    pass
+
+
+def test_plain_compile_picks_the_fast_path_and_subclasses_keep_it():
+    for loss, metric in ((MaskedLanguageModelLoss(), Perplexity()), (_MyLoss(), _MyPerplexity())):
+        model = _lm()
+        model.compile(keras.optimizers.SGD(1.0), loss=loss, metrics=[metric])
+        assert model._fast_path and model._fused_metrics == [metric]
+        assert all(layer.uses_fast_time_loop for layer in model.rnn.rnn_layers)
+        assert model.jit_compile is False  # graph step, XLA time loops
+        assert model.get_compile_config()["jit_compile"] == "auto"
+
+
+def test_dispatch_falls_back_to_the_reference_path():
+    model = _lm(implementation="reference")
+    model.compile("sgd", MaskedLanguageModelLoss(), [Perplexity()])
+    assert not model._fast_path and model._fused_metrics is None
+    assert not any(layer.uses_fast_time_loop for layer in model.rnn.rnn_layers)
+    model = _lm()
+    model.compile("sgd", MaskedLanguageModelLoss(), jit_compile=True)  # asked for whole-step XLA
+    assert not model._fast_path and model.jit_compile
+    model.compile("sgd", MaskedLanguageModelLoss(), jit_compile=False)  # asked for no XLA
+    assert not model._fast_path and not model.jit_compile
+    assert not any(layer.uses_fast_time_loop for layer in model.rnn.rnn_layers)
+    builtin = _lm(use_builtin_layers=True)
+    assert not fast_path_supported(builtin) and not uses_fast_path(builtin)
+    assert uses_fast_path(_lm(implementation="fast"), jit_compile=True)
+
+
+class _ScaledLoss(MaskedLanguageModelLoss):
+    supports_fused_output_layer = False  # changes the formula: the step must call it
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return 2.0 * super().__call__(y_true, y_pred, sample_weight)
+
+
+def _fit_losses(model, loss, x, epochs=3):
+    model.compile(keras.optimizers.SGD(0.5), loss=loss)
+    history = model.fit(x[:, :-1], x[:, 1:], batch_size=4, epochs=epochs, verbose=0)
+    return history.history["loss"]
+
+
+@pytest.mark.parametrize(
+    "make_loss",
+    [lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True), lambda: _ScaledLoss()],
+    ids=["stock_keras_loss", "opted_out_subclass"],
+)
+def test_losses_without_the_capability_train_like_the_reference(make_loss):
+    # fast time loops with Keras's train step, against the reference path (whole-step XLA)
+    x = RNG.integers(1, 30, size=(4, 9)).astype("int32")
+    results = {}
+    for implementation in ("auto", "reference"):
+        keras.utils.set_random_seed(4)
+        model = _lm(implementation=implementation, output_dtype="float32")
+        results[implementation] = _fit_losses(model, make_loss(), x)
+        assert model._fast_path == (implementation == "auto")
+        assert model._fused_metrics is None
+    np.testing.assert_allclose(results["auto"], results["reference"], rtol=1e-5)
+    assert results["auto"][-1] < results["auto"][0]
+
+
+def test_auto_output_dtype_is_bf16_only_in_the_fast_training_step(monkeypatch):
+    monkeypatch.setattr(fast, "bf16_matmul_is_fast", lambda: True)
+    import keras_rnnlm.models as models_module
+
+    monkeypatch.setattr(models_module, "bf16_matmul_is_fast", lambda: True)
+    model = _lm()
+    assert model.output_matmul_dtype(training=True) == "float32"  # not compiled: reference
+    compile_language_model(model, "sgd")
+    assert model.output_matmul_dtype(training=True) == "bfloat16"
+    assert model.output_matmul_dtype(training=False) == "float32"
+    assert _lm(output_dtype="float32").output_matmul_dtype(training=True) == "float32"
+
+
+@pytest.mark.parametrize("name", ["recurrence_bf16", "default"])
+def test_keras_files_saved_before_the_implementation_option_load(name):
+    # written by the code of commit b65c9e6 (before `implementation` and output_dtype="auto"):
+    # bfloat16 + jit_compile="recurrence", and float32 + whole-step XLA
+    x = np.load(DATA / "main_b65c9e6_inputs.npy")
+    loaded = keras.saving.load_model(DATA / f"main_b65c9e6_{name}.keras")
+    assert loaded.get_config()["implementation"] == "auto"
+    assert loaded.get_config()["output_dtype"] == ("bfloat16" if "bf16" in name else "float32")
+    np.testing.assert_allclose(
+        np.asarray(loaded(x)), np.load(DATA / f"main_b65c9e6_{name}_logits.npy"), atol=1e-6
+    )
+    assert loaded._fast_path == (name == "recurrence_bf16")
+    before = float(loaded.evaluate(x[:, :-1], x[:, 1:], verbose=0, return_dict=True)["loss"])
+    loaded.fit(x[:, :-1], x[:, 1:], epochs=3, verbose=0)
+    after = float(loaded.evaluate(x[:, :-1], x[:, 1:], verbose=0, return_dict=True)["loss"])
+    assert after < before
+
+
+def test_a_fast_path_model_gives_the_reference_logits_eagerly_and_inside_xla():
+    # generation and the export trace a compiled model inside XLA functions
+    model = _lm()
+    x = np.array([[1, 2, 3, 0], [4, 5, 0, 0]], "int32")
+    reference = np.asarray(model(x))
+    compile_language_model(model, "sgd")
+    assert model._fast_path
+    np.testing.assert_allclose(np.asarray(model(x)), reference, atol=1e-6)
+    in_xla = tf.function(lambda ids: model(ids), jit_compile=True)
+    np.testing.assert_allclose(np.asarray(in_xla(x)), reference, atol=1e-6)
+
+
+def test_fast_path_trains_on_batches_of_unknown_length_like_the_reference():
+    # bucketed sentence batches: the time dimension is unknown when the step is traced
+    batches = [RNG.integers(1, 30, size=(4, n)).astype("int32") for n in (5, 9)]
+    spec = tf.TensorSpec((None, None), tf.int32)
+    histories = {}
+    for implementation in ("auto", "reference"):
+        dataset = tf.data.Dataset.from_generator(
+            lambda: ((b[:, :-1], b[:, 1:]) for b in batches), output_signature=(spec, spec)
+        ).apply(tf.data.experimental.assert_cardinality(len(batches)))
+        keras.utils.set_random_seed(6)
+        model = _lm(implementation=implementation, output_dtype="float32")
+        compile_language_model(model, "adam", 0.01)
+        assert model._fast_path == (implementation == "auto")
+        histories[implementation] = model.fit(dataset, epochs=3, verbose=0, shuffle=False).history
+    for name in ("loss", "perplexity"):
+        np.testing.assert_allclose(histories["auto"][name], histories["reference"][name], rtol=1e-5)
