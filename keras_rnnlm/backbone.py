@@ -74,6 +74,7 @@ def make_backbone(
     cell_kwargs: dict | None = None,
     embeddings_initializer="uniform",
     stack_names: tuple[str, ...] = ("rnn",),
+    implementation: str = "auto",
 ) -> tuple[keras.layers.Embedding, list[StackedRecurrent]]:
     """The embedding layer (named ``"embedding"``) and one ``StackedRecurrent`` per name.
 
@@ -87,6 +88,7 @@ def make_backbone(
             ``"uniform"``).
         stack_names: the layer name of each stack (``("rnn",)``; a bidirectional language
             model has ``("forward_rnn", "backward_rnn")``).
+        implementation: ``"auto"``, ``"reference"`` or ``"fast"`` (see ``keras_rnnlm.fast``).
 
     Returns:
         ``(embedding, stacks)``: a ``keras.layers.Embedding`` and a list of
@@ -118,6 +120,7 @@ def make_backbone(
             stateful=stateful,
             use_builtin_layers=use_builtin_layers,
             cell_kwargs=cell_kwargs,
+            implementation=implementation,
             name=name,
         )
         for name in stack_names

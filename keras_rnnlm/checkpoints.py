@@ -34,14 +34,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_rnnlm.compat import set_initial_epoch
+
 CHECKPOINT_FILE = "latest.npz"
-
-
-def _set_initial_epoch(model: keras.Model, epoch: int) -> None:
-    """Make the running ``fit`` continue at ``epoch``: Keras reads the private
-    ``model._initial_epoch`` after ``on_train_begin``. The one Keras internal this module
-    touches; ``keras_rnnlm.compat.set_initial_epoch`` is meant to replace it."""
-    model._initial_epoch = epoch
 
 
 class ResumableCheckpoint(keras.callbacks.Callback):
@@ -106,7 +101,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 variable.assign(value)
         self.restored_epoch = self.saved_epoch = meta["epoch"]
         self.history = meta["history"]
-        _set_initial_epoch(self.model, self.restored_epoch)
+        set_initial_epoch(self.model, self.restored_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():

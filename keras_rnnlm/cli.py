@@ -102,27 +102,28 @@ def _add_train_parser(subparsers, common):
         dest="jit_compile",
         action="store_false",
         default=None,
-        help="run the train step without XLA",
+        help="reference path, train step in graph mode without XLA",
     )
     p.add_argument(
         "--jit-recurrence",
         dest="jit_compile",
         action="store_const",
         const=constants.JIT_RECURRENCE,
-        help="graph-mode train step with XLA-compiled time loops (preset default; fastest on "
-        "CPU with --output-dtype bfloat16)",
+        help="force the fast path (graph-mode train step, XLA-compiled time loops); the "
+        "default picks it where supported",
     )
     p.add_argument(
         "--jit-whole-step",
         dest="jit_compile",
         action="store_const",
         const=True,
-        help="XLA-compile the whole train step (default without a preset)",
+        help="reference path with the whole train step XLA-compiled",
     )
     p.add_argument(
         "--output-dtype",
         choices=constants.OUTPUT_DTYPES,
-        help="compute dtype of the output layer's matmuls (weights stay float32)",
+        help="compute dtype of the output layer's training matmuls (weights stay float32; "
+        "default auto: bfloat16 where the device runs it fast)",
     )
     p.add_argument(
         "--strategy",

@@ -16,7 +16,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 #: Zaremba et al. (2014) PTB presets (the keys of ``keras_rnnlm.training.PRESETS``)
 PRESET_NAMES = ("small", "medium", "large")
 #: compute dtypes of the output layer's matmuls (``keras_rnnlm.models.OUTPUT_DTYPES``)
-OUTPUT_DTYPES = ("float32", "bfloat16")
+OUTPUT_DTYPES = ("auto", "float32", "bfloat16")
 #: optimizers and clipping modes of ``keras_rnnlm.training.make_optimizer``
 OPTIMIZERS = ("sgd", "adam")
 CLIPPING = ("global", "per_variable", "none")

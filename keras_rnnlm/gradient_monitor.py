@@ -9,27 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_rnnlm.compat import unwrap_apply_gradients, wrap_apply_gradients
 from keras_rnnlm.distribute import ClipAfterCrossReplicaSum, global_clip_scale
-
-
-def _wrap_apply_gradients(optimizer, wrapper) -> None:
-    """Route ``optimizer.apply_gradients(grads_and_vars)`` through ``wrapper(original,
-    grads_and_vars)`` for this optimizer instance only (an instance attribute).
-
-    The one place this module touches a Keras method; same contract as
-    ``keras_rnnlm.compat.wrap_apply_gradients``, which is meant to replace it."""
-    original = type(optimizer).apply_gradients.__get__(optimizer)
-
-    def apply_gradients(grads_and_vars, *args, **kwargs):
-        return wrapper(lambda gv: original(gv, *args, **kwargs), list(grads_and_vars))
-
-    optimizer.apply_gradients = apply_gradients
-
-
-def _unwrap_apply_gradients(optimizer) -> None:
-    """Undo ``_wrap_apply_gradients`` (no-op when not wrapped)."""
-    if "apply_gradients" in vars(optimizer):
-        del optimizer.apply_gradients
 
 
 def _dense(g):
@@ -105,7 +86,7 @@ class GradientNormMonitor(keras.callbacks.Callback):
             self._record([g for g, _ in grads_and_vars if g is not None])
             return original(grads_and_vars)
 
-        _wrap_apply_gradients(self._optimizer, apply_gradients)
+        wrap_apply_gradients(self._optimizer, apply_gradients)
         self.model.make_train_function(force=True)
         if self.log_dir is not None:
             try:
@@ -168,7 +149,7 @@ class GradientNormMonitor(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self._optimizer is not None:
-            _unwrap_apply_gradients(self._optimizer)
+            unwrap_apply_gradients(self._optimizer)
         self.model.train_function = None  # re-trace without the wrapper next time
         if self._writer is not None:
             self._writer.flush()

@@ -27,9 +27,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rnnlm.gradient_monitor import GradientNormMonitor
-from keras_rnnlm.layers import _as_list
 from keras_rnnlm.models import check_token_ids
 from keras_rnnlm.plotting import plot_gradient_norm_trace, plot_norms_by_distance
+from keras_rnnlm.recurrent import as_list
 
 __all__ = [
     "GradientNormMonitor",  # re-exported from keras_rnnlm.gradient_monitor
@@ -77,7 +77,7 @@ def _lstm_step(cell, x, states, delta_c=None):
     ``LSTMCell`` (gate order ``i, f, c, o``), which ``test_gradient_norms_match_finite_
     differences`` and ``test_norms_match_keras_builtin_layers`` hold to the cells' own output."""
     if delta_c is None:
-        return _as_list(cell.call(x, states)[1])
+        return as_list(cell.call(x, states)[1])
     h_prev, c_prev = states
     z = tf.matmul(x, cell.kernel) + tf.matmul(h_prev, cell.recurrent_kernel)
     if cell.use_bias:
@@ -128,7 +128,7 @@ def last_position_loss(
     ]
     for layer, cell in enumerate(cells):
         states = [
-            tf.zeros((batch, size), dtype=embedded.dtype) for size in _as_list(cell.state_size)
+            tf.zeros((batch, size), dtype=embedded.dtype) for size in as_list(cell.state_size)
         ]
         outputs = []
         for t in range(num_steps):
@@ -137,7 +137,7 @@ def last_position_loss(
             if len(states) == 2:  # LSTM: the perturbation of c must reach h = o * tanh(c)
                 states = _lstm_step(cell, sequence[t], states, delta_c)
             else:
-                states = _as_list(cell.call(sequence[t], states)[1])
+                states = as_list(cell.call(sequence[t], states)[1])
             if delta_h is not None:
                 states[0] = states[0] + delta_h
             outputs.append(states[0])  # the output of every cell here is its state h
@@ -211,7 +211,7 @@ def gradient_norms_by_distance(
     state_deltas = {
         (layer, t, i): tf.zeros((batch, size), dtype=dtype)
         for layer, cell in enumerate(cells)
-        for i, size in enumerate(_as_list(cell.state_size))
+        for i, size in enumerate(as_list(cell.state_size))
         for t in steps
     }
     input_deltas = {t: tf.zeros((batch, embedded.shape[-1]), dtype=dtype) for t in steps}
@@ -271,7 +271,7 @@ def jacobian_spectrum(model: keras.Model, token_ids, layer: int = 0) -> dict:
     if not model.built:
         model(ids[:, :1])
     cells = _recurrent_cells(model)
-    sizes = [_as_list(c.state_size) for c in cells]
+    sizes = [as_list(c.state_size) for c in cells]
     embedded = tf.convert_to_tensor(model.embedding(ids))
     num_steps = ids.shape[1]
     sequence = [embedded[:, t] for t in range(num_steps)]
@@ -286,13 +286,13 @@ def jacobian_spectrum(model: keras.Model, token_ids, layer: int = 0) -> dict:
                     tape.watch(flat)
                     prev = tf.split(flat, sizes[index], axis=-1)
                     _, new_states = cell.call(sequence[t], prev)
-                    new_flat = tf.concat(_as_list(new_states), axis=-1)
+                    new_flat = tf.concat(as_list(new_states), axis=-1)
                 jac = tape.batch_jacobian(new_flat, flat)  # (batch, S, S)
                 singular.append(np.linalg.svd(np.asarray(jac, np.float64), compute_uv=False)[:, 0])
-                states = _as_list(new_states)
+                states = as_list(new_states)
             else:
                 _, states = cell.call(sequence[t], states)
-                states = _as_list(states)
+                states = as_list(states)
             outputs.append(states[0])
         if model.rnn.residual and index > 0 and outputs[0].shape[-1] == sequence[0].shape[-1]:
             outputs = [y + x for y, x in zip(outputs, sequence)]

@@ -6,12 +6,17 @@ import tensorflow as tf
 from keras import ops
 
 from keras_rnnlm import compat
-from keras_rnnlm.cells import CELLS
+from keras_rnnlm.backbone import (
+    backbone_config,
+    build_backbone,
+    check_backbone_arguments,
+    make_backbone,
+    run_backbone,
+)
 from keras_rnnlm.fast import bf16_matmul_is_fast, check_implementation
 from keras_rnnlm.fast import train_step as fast_dispatch
 from keras_rnnlm.fast.output_layer import low_precision_dense
 from keras_rnnlm.fast.train_step import JIT_RECURRENCE  # noqa: F401  (old home)
-from keras_rnnlm.layers import StackedRecurrent
 
 _PACKAGE = "keras_rnnlm"
 OUTPUT_DTYPES = ("auto", "float32", "bfloat16")
@@ -96,12 +101,9 @@ class RNNLanguageModel(keras.Model):
         check_implementation(implementation)
         if use_builtin_layers and implementation == "fast":
             raise ValueError('implementation="fast" needs use_builtin_layers=False.')
-        if not isinstance(vocabulary_size, int) or vocabulary_size < 2:
-            raise ValueError(f"vocabulary_size must be an int >= 2, got {vocabulary_size!r}.")
+        check_backbone_arguments(vocabulary_size, cell, dropout)
         if output_dtype not in OUTPUT_DTYPES:
             raise ValueError(f"output_dtype must be one of {OUTPUT_DTYPES}, got {output_dtype!r}.")
-        if cell not in CELLS:
-            raise ValueError(f"Unknown cell {cell!r}; expected one of {sorted(CELLS)}.")
         if tie_embeddings and embedding_dim != units:
             raise ValueError(
                 f"tie_embeddings needs embedding_dim == units, got {embedding_dim} and {units}."
@@ -128,10 +130,9 @@ class RNNLanguageModel(keras.Model):
         if init_scale is not None:
             cell_kwargs.setdefault("kernel_initializer", init)
             cell_kwargs.setdefault("recurrent_initializer", init)
-        self.embedding = keras.layers.Embedding(
-            vocabulary_size, embedding_dim, embeddings_initializer=init, name="embedding"
-        )
-        self.rnn = StackedRecurrent(
+        self.embedding, (self.rnn,) = make_backbone(
+            vocabulary_size,
+            embedding_dim,
             cell=cell,
             units=units,
             num_layers=num_layers,
@@ -140,8 +141,8 @@ class RNNLanguageModel(keras.Model):
             stateful=stateful,
             use_builtin_layers=use_builtin_layers,
             cell_kwargs=cell_kwargs,
+            embeddings_initializer=init,
             implementation=implementation,
-            name="rnn",
         )
         if not tie_embeddings:
             self.output_layer = keras.layers.Dense(
@@ -152,10 +153,7 @@ class RNNLanguageModel(keras.Model):
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        if not self.embedding.built:
-            self.embedding.build(input_shape)
-        if not self.rnn.built:
-            self.rnn.build(input_shape + (self.embedding_dim,))
+        build_backbone(self.embedding, [self.rnn], input_shape)
         if self.tie_embeddings:
             self.output_bias = self.add_weight(
                 shape=(self.vocabulary_size,), initializer="zeros", name="output_bias"
@@ -219,9 +217,7 @@ class RNNLanguageModel(keras.Model):
         check_token_ids(token_ids, self.vocabulary_size, rank=2)
         if not self.built:
             self.build(tuple(token_ids.shape))
-        mask = ops.not_equal(token_ids, 0)  # (batch, time)
-        x = self.embedding(token_ids)  # (batch, time, embedding_dim)
-        return self.rnn(x, mask=mask, initial_state=initial_state, training=training)
+        return run_backbone(self.embedding, self.rnn, token_ids, initial_state, training)
 
     def step(self, token_ids, states):
         """One decoding step: logits ``(batch, vocabulary_size)`` for the next token and the new
@@ -299,14 +295,8 @@ class RNNLanguageModel(keras.Model):
         config = super().get_config()
         config.update(
             {
-                "vocabulary_size": self.vocabulary_size,
-                "cell": self.cell,
-                "num_layers": self.num_layers,
-                "units": self.units,
-                "embedding_dim": self.embedding_dim,
-                "dropout": self.dropout,
+                **backbone_config(self),
                 "tie_embeddings": self.tie_embeddings,
-                "residual": self.residual,
                 "init_scale": self.init_scale,
                 "stateful": self.stateful,
                 "use_builtin_layers": self.use_builtin_layers,

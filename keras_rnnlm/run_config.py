@@ -28,7 +28,7 @@ RESUMABLE_FIELDS_IGNORED = ("overwrite", "verbose")  # may differ when a run is 
 
 MODES = ("sentence", "stream")  # sentence batches | one token stream (truncated BPTT)
 ENCODING_ERRORS = ("strict", "replace")  # text files that are not UTF-8: fail | U+FFFD
-JIT_COMPILE_OPTIONS = (True, False, "recurrence")  # see compile_language_model
+JIT_COMPILE_OPTIONS = (True, False, "auto", "recurrence")  # see compile_language_model
 
 
 @dataclasses.dataclass
@@ -66,10 +66,13 @@ class TrainConfig:
     decay_start_epoch: int | None = None  # EpochDecay: constant for this many epochs...
     decay_factor: float = 1.0  # ...then divided by this each epoch
     use_builtin_layers: bool = False
-    # True: XLA-compile the train step (one compilation per batch shape); False: graph mode;
-    # "recurrence": graph step with XLA-compiled time loops (see compile_language_model)
-    jit_compile: bool | str = True
-    output_dtype: str = "float32"  # "bfloat16": output layer matmuls in bfloat16 (fp32 weights)
+    # "auto": the fastest correct implementation (keras_rnnlm.fast: graph step, XLA time loops,
+    # fused output layer + loss); True: the reference path with the whole step XLA-compiled;
+    # False: the reference path in graph mode; "recurrence": the fast path, spelled as before
+    jit_compile: bool | str = "auto"
+    # "auto": bfloat16 output-layer matmuls in training where the device runs them fast
+    # (keras_rnnlm.fast.bf16_matmul_is_fast), float32 elsewhere; "float32" / "bfloat16" force it
+    output_dtype: str = "auto"
     strategy: str = "default"  # default | mirrored | multi_worker | tpu (keras_rnnlm.distribute)
     encoding_errors: str = "strict"  # text files that are not UTF-8: strict (fail) | replace
     seed: int = 0
@@ -98,11 +101,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.jit_compile not in JIT_COMPILE_OPTIONS:
             raise ValueError(
-                f'jit_compile must be True, False or "recurrence", got {self.jit_compile!r}.'
+                f"jit_compile must be one of {JIT_COMPILE_OPTIONS}, got {self.jit_compile!r}."
             )
         if self.output_dtype not in OUTPUT_DTYPES:
             raise ValueError(
-                f'output_dtype must be "float32" or "bfloat16", got {self.output_dtype!r}.'
+                f"output_dtype must be one of {OUTPUT_DTYPES}, got {self.output_dtype!r}."
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
@@ -114,12 +117,12 @@ class TrainConfig:
     def from_preset(cls, name: str, **overrides) -> "TrainConfig":
         """PTB settings of Zaremba et al. 2014 (``small``/``medium``/``large``), stream mode.
 
-        On the from-scratch layers the presets train with ``jit_compile="recurrence"`` and
-        ``output_dtype="bfloat16"`` (graph-mode step, XLA time loops, output layer matmuls in
-        bfloat16 on oneDNN, float32 weights/softmax/loss): about 2x faster on CPU than the
-        whole-step XLA float32 compilation, with a loss curve matching float32 (see
-        benchmarks/RESULTS.md). Override ``jit_compile=True, output_dtype="float32"`` for the
-        previous behaviour. With ``use_builtin_layers=True`` they stay whole-step XLA float32.
+        Like every run, the presets train with ``jit_compile="auto"`` and
+        ``output_dtype="auto"``: on the from-scratch layers the fast path (graph-mode step,
+        XLA time loops with a hand-written backward, output layer fused with the loss), with
+        bfloat16 output matmuls where the device runs them fast (see benchmarks/RESULTS.md).
+        Override ``jit_compile=True, output_dtype="float32"`` for the reference path with the
+        whole step XLA-compiled.
         """
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; expected one of {sorted(PRESETS)}.")
@@ -143,8 +146,6 @@ class TrainConfig:
             decay_start_epoch=p.decay_start_epoch,
             decay_factor=p.decay_factor,
         )
-        if not overrides.get("use_builtin_layers", False):
-            values.update(jit_compile="recurrence", output_dtype="bfloat16")
         values.update(overrides)
         return cls(**values)
 
