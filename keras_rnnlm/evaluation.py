@@ -72,15 +72,30 @@ def cached_function(model, key: Hashable, build: Callable[[], Callable], **funct
             traces[key] += 1  # a Python side effect: runs only while tracing
             return python_function(*args)
 
+        # TensorFlow's retracing statistics are keyed by the code object: key them by the
+        # traced function's own code, not by this wrapper's (shared by every cached function)
+        traced.__wrapped__ = python_function
         cache[key] = tf.function(traced, **function_kwargs)
     return cache[key]
 
 
 def trace_count(model, key: Hashable | None = None) -> int:
-    """How many times the functions cached on ``model`` (those whose key starts with ``key``)
-    were traced."""
+    """How many times the functions cached on ``model`` were traced.
+
+    Args:
+        model: the model the functions are cached on.
+        key: count only the functions whose key is ``key`` or a tuple starting with ``key``
+            (e.g. ``"generate"``, ``"stream"``, ``("sequence", True)``); None counts all.
+
+    Returns:
+        The number of traces (a Python side effect of tracing, so graph reuse adds nothing).
+    """
+
+    def matches(k):
+        return key is None or k == key or (isinstance(k, tuple) and bool(k) and k[0] == key)
+
     traces = model_cache(model)[_TRACES]
-    return sum(n for k, n in traces.items() if key is None or k[0] == key)
+    return sum(n for (k, _), n in traces.items() if matches(k))
 
 
 def nll_sums(targets, logits, per_token: bool = False) -> dict:
