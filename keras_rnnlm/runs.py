@@ -423,7 +423,8 @@ def stateless_copy(model: RNNLanguageModel) -> RNNLanguageModel:
 def evaluate_text_file(directory, text_file, batch_size: int = 32) -> dict:
     """Perplexity of a run's model on a text file (sentence mode); also written to the run."""
     model, vocabulary = load_run(directory)
-    sentences = encode_corpus(vocabulary, text_files_corpus(text_file).train)
+    lines = text_files_corpus(text_file).train
+    sentences = [ids for ids in vocabulary.encode_batch(lines) if ids]  # one tokenizer call
     if not sentences:
         raise ValueError(f"{text_file} holds no text.")
     dataset = sentence_dataset(sentences, batch_size, shuffle=False, start_id=vocabulary.start_id)

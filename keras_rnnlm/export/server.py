@@ -195,11 +195,17 @@ class LanguageModelServer(tf.Module):
 
     def _generate(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed):
         """The library's prefill and sampler loop (``keras_rnnlm.samplers``), settings as tensors."""
+        static = (None, self.vocabulary_size)  # XLA's sort needs the vocabulary size statically
+
+        def next_fn(token_ids, states):
+            logits, states = decode_step(self.model, token_ids, states)
+            return tf.ensure_shape(logits, static), states
+
         logits, states = prefill(self.model, prompt_ids)
         sampler = SettingsSampler(temperature, top_k, top_p)
         return sampler(
-            lambda token_ids, states: decode_step(self.model, token_ids, states),
-            logits,
+            next_fn,
+            tf.ensure_shape(logits, static),
             states,
             max_new_tokens,
             end_token_id=EOS_ID if self.stop_at_eos else None,

@@ -37,6 +37,7 @@ class TopKSampler(Sampler):
             k = min(self.k, vocabulary_size or self.k)
             top_probabilities, top_ids = tf.math.top_k(probabilities, k=k)  # (batch, k)
         else:  # tensor k: sort everything, keep the first k positions
+            vocabulary_size = vocabulary_size or tf.shape(probabilities)[-1]
             top_probabilities, top_ids = tf.math.top_k(probabilities, k=vocabulary_size)
             kept = tf.range(vocabulary_size) < tf.cast(self.k, "int32")
             top_probabilities = tf.where(kept[None, :], top_probabilities, 0.0)
