@@ -11,7 +11,12 @@ import pytest
 import tensorflow as tf
 
 from keras_rnnlm.data.vocabulary import Vocabulary
-from keras_rnnlm.export import export_run, export_saved_model, saved_model_op_types
+from keras_rnnlm.export import (
+    export_run,
+    export_saved_model,
+    reexport_saved_model,
+    saved_model_op_types,
+)
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.training import compile_language_model
 
@@ -314,3 +319,19 @@ def test_library_cli_and_tf_only_export_generate_the_same_tokens(tmp_path, capsy
         printed = capsys.readouterr().out.strip()
         assert printed == f"{prompt_text} {vocab.decode(library[0])}".strip(), cli_options
     assert len(sampled) > 4  # the random strategies did sample different tokens
+
+
+def test_reexport_keeps_the_weights_and_the_card(tmp_path):
+    model, vocab = _trained("lstm", num_layers=1)
+    first = export_saved_model(model, vocab, tmp_path / "first", model_card={"corpus": "toy"})
+    again = reexport_saved_model(first, tmp_path / "again")
+    old = tf.train.load_checkpoint(str(first / "variables" / "variables"))
+    new = tf.train.load_checkpoint(str(again / "variables" / "variables"))
+    keys = [k for k in old.get_variable_to_shape_map() if k.startswith("model/")]
+    assert len(keys) >= 5
+    for key in keys:
+        np.testing.assert_array_equal(new.get_tensor(key), old.get_tensor(key))
+    card = json.loads((again / "model_card.json").read_text())
+    first_card = json.loads((first / "model_card.json").read_text())
+    assert card["corpus"] == "toy" and card["config"] == first_card["config"]
+    _assert_serves_log_softmax_of(model, again, vocab, atol=1e-5)

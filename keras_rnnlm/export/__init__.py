@@ -40,7 +40,12 @@ assertion in the (non-XLA) signature wrapper before the compiled computation run
 float ids are rejected by the signature's int32 input type.
 """
 
-from keras_rnnlm.export.saving import export_run, export_saved_model, saved_model_op_types
+from keras_rnnlm.export.saving import (
+    export_run,
+    export_saved_model,
+    reexport_saved_model,
+    saved_model_op_types,
+)
 from keras_rnnlm.export.server import (
     MAX_NEW_TOKENS,
     SPECIAL_IDS,
@@ -57,6 +62,7 @@ __all__ = [
     "SettingsSampler",
     "export_run",
     "export_saved_model",
+    "reexport_saved_model",
     "saved_model_op_types",
     "serving_copy",
     "state_names",

@@ -133,3 +133,41 @@ def saved_model_op_types(export_dir) -> set[str]:
         for function in meta.graph_def.library.function:
             ops.update(node.op for node in function.node_def)
     return ops
+
+
+#: Facts of a model card that describe the trained model, kept by ``reexport_saved_model``
+#: (``config`` as trained, e.g. ``stateful``, although the export itself is always stateless).
+TRAINING_CARD_KEYS = ("config", "corpus", "mode", "perplexity", "train_config")
+
+
+def reexport_saved_model(export_dir, new_dir, overwrite: bool = False) -> Path:
+    """Export an existing export again with this version's signatures, the same weights.
+
+    The model and vocabulary are rebuilt from ``export_dir`` (``inspection.load_language_model``:
+    the card's config, ``vocabulary.json`` and the variables checkpoint), and the card's training
+    facts (``TRAINING_CARD_KEYS``) are carried over.
+
+    Args:
+        export_dir: an export made by ``export_saved_model`` (any earlier version).
+        new_dir: where to write the new export (may equal ``export_dir`` with ``overwrite``).
+        overwrite: replace ``new_dir`` if it exists.
+
+    Returns:
+        The new export directory.
+
+    Example:
+
+    >>> reexport_saved_model("saved_models/ptb_word_lstm_small", "/tmp/ptb_small")
+    """
+    from keras_rnnlm.inspection import load_language_model
+
+    export_dir = Path(export_dir)
+    model, vocabulary = load_language_model(export_dir)
+    old_card = json.loads((export_dir / "model_card.json").read_text())
+    card = {k: old_card[k] for k in TRAINING_CARD_KEYS if k in old_card}
+    card["exported_first_by_keras_rnnlm"] = old_card.get(
+        "exported_first_by_keras_rnnlm", old_card.get("keras_rnnlm_version")
+    )
+    return export_saved_model(
+        model, vocabulary, new_dir, card, allow_untrained=True, overwrite=overwrite
+    )
