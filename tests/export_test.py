@@ -213,9 +213,8 @@ IGNORE_SHUFFLE_WARNING = pytest.mark.filterwarnings("ignore:`shuffle=True` was p
 IGNORE_RAN_OUT_WARNING = pytest.mark.filterwarnings("ignore:Your input ran out of data:UserWarning")
 
 
-@IGNORE_SHUFFLE_WARNING
-@IGNORE_RAN_OUT_WARNING
-def test_export_run_directory(tmp_path):
+def _train_and_export_with_the_cli(tmp_path):
+    """``keras-rnnlm train`` a tiny run into ``tmp_path/run``, ``export`` it to ``tmp_path/export``."""
     from keras_rnnlm.cli import main
 
     (tmp_path / "t.txt").write_text("\n".join(SENTENCES * 5))
@@ -224,6 +223,13 @@ def test_export_run_directory(tmp_path):
             "--units", "8", "--embedding-dim", "8", "--num-layers", "1", "--no-jit-compile", "--verbose", "0", "--output", str(run)]  # fmt: skip
     assert main(args) == 0
     assert main(["export", str(run), str(tmp_path / "export")]) == 0
+    return run
+
+
+@IGNORE_SHUFFLE_WARNING
+@IGNORE_RAN_OUT_WARNING
+def test_export_run_directory(tmp_path):
+    run = _train_and_export_with_the_cli(tmp_path)
     card = json.loads((tmp_path / "export" / "model_card.json").read_text())
     assert card["perplexity"]["valid"]["tokens"] > 0
     # the library call behind the CLI refuses to overwrite an export
@@ -276,12 +282,7 @@ def test_library_cli_and_tf_only_export_generate_the_same_tokens(tmp_path, capsy
         generate,
     )
 
-    (tmp_path / "t.txt").write_text("\n".join(SENTENCES * 5))
-    run = tmp_path / "run"
-    args = ["train", "--train-file", str(tmp_path / "t.txt"), "--valid-file", str(tmp_path / "t.txt"), "--epochs", "1",
-            "--units", "8", "--embedding-dim", "8", "--num-layers", "1", "--no-jit-compile", "--verbose", "0", "--output", str(run)]  # fmt: skip
-    assert main(args) == 0
-    assert main(["export", str(run), str(tmp_path / "export")]) == 0
+    run = _train_and_export_with_the_cli(tmp_path)
     model, vocab = load_run(run)
     prompt_text, steps, seed = "the cat", 12, 7
     prompt = [vocab.start_id, *vocab.encode(prompt_text)]
