@@ -7,6 +7,7 @@ import string
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,18 @@ def test_export_tokenizes_and_scores_like_the_library(tmp_path, options):
     assert served["num_tokens"] == [s.num_tokens for s in scores]
     assert served["num_tokens"] == [len(row) for row in library]  # tokens + <eos>
     np.testing.assert_allclose(served["log_prob"], [s.log_prob for s in scores], atol=1e-4)
+
+
+SAVED = Path(__file__).resolve().parents[1] / "saved_models"
+
+
+def test_shipped_vocabularies_encode_their_corpora_as_before(ptb_dir, shakespeare_dir):
+    """PTB (pretokenized words) and Shakespeare (characters) get the ids of the former Python
+    rules, ``str.split`` and ``list``: the shipped models see the text they were trained on."""
+    ptb = Vocabulary.load(SAVED / "ptb_word_lstm_small" / "vocabulary.json")
+    lines = (ptb_dir / "ptb.test.txt").read_text().splitlines()
+    former = [[ptb.token_to_id(t) for t in line.split()] for line in lines]
+    assert ptb.encode_batch(lines) == former
+    chars = Vocabulary.load(SAVED / "shakespeare_char_lstm" / "vocabulary.json")
+    lines = (shakespeare_dir / "input.txt").read_text(encoding="utf-8").splitlines()[-3000:]
+    assert chars.encode_batch(lines) == [[chars.token_to_id(c) for c in line] for line in lines]
