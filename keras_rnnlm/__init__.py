@@ -16,7 +16,9 @@ Where things are:
 * How one is chosen: ``RNNLanguageModel(implementation="auto" | "reference" | "fast")``,
   saved in the model's config; ``"auto"`` takes the fast path where it is supported.
 * Around them: ``training`` (optimizers, clipping, callbacks, presets), ``distribute``
-  (exact clipping across replicas), ``data/`` (vocabulary, pipelines, corpora), ``samplers``,
+  (exact clipping across replicas), ``data/`` (vocabulary, pipelines, corpora), ``samplers``
+  (one sampler per file, one generation loop), ``evaluation`` (the one exact-NLL loop used by
+  evaluation and scoring), ``data/tokenizer`` (the one tokenizer, shared with the export),
   ``scoring``, ``export``, ``gradients`` and ``gradient_monitor`` (diagnostics), ``plotting``,
   ``checkpoints``, ``runs`` and ``cli`` (the ``keras-rnnlm`` command), ``constants`` (the named
   choices, no TensorFlow import).
@@ -51,6 +53,10 @@ _EXPORTS = {
     "TopPSampler": "keras_rnnlm.samplers",
     "generate": "keras_rnnlm.samplers",
     "generate_text": "keras_rnnlm.samplers",
+    "generate_with_model": "keras_rnnlm.samplers",
+    "evaluate_stream_perplexity": "keras_rnnlm.evaluation",
+    "reexport_saved_model": "keras_rnnlm.export",
+    "export_saved_model": "keras_rnnlm.export",
     "score_sentences": "keras_rnnlm.scoring",
     "text_perplexity": "keras_rnnlm.scoring",
     "BidirectionalLanguageModel": "keras_rnnlm.task_models",
@@ -65,7 +71,7 @@ _EXPORTS = {
     "ResetStatesCallback": "keras_rnnlm.training",
     "StopOnDivergence": "keras_rnnlm.training",
     "compile_language_model": "keras_rnnlm.training",
-    "evaluate_perplexity": "keras_rnnlm.training",
+    "evaluate_perplexity": "keras_rnnlm.evaluation",
     "make_optimizer": "keras_rnnlm.training",
 }
 

@@ -287,6 +287,22 @@ class RNNLanguageModel(keras.Model):
         # Keras skips this for models with their own compile()
         compat.compile_from_config(self, config)
 
+    def generate(self, inputs, max_length=None, sampler="greedy", **kwargs):
+        """keras-hub-style generation; see ``keras_rnnlm.samplers.generate_with_model``.
+
+        ``max_length`` is the total length of a row, prompt included. Strings in/out when a
+        ``vocabulary=`` is passed (or the model has a ``vocabulary`` attribute), ids otherwise.
+        The compiled function is cached on the model: a second call with the same shapes does
+        not retrace.
+
+        Example:
+
+        >>> model.generate(np.array([[2, 17]]), max_length=10)  # (1, 10) int32 ids
+        """
+        from keras_rnnlm.samplers import generate_with_model
+
+        return generate_with_model(self, inputs, max_length=max_length, sampler=sampler, **kwargs)
+
     def reset_states(self):
         """Zero the carried states of a stateful model (start of an epoch or of evaluation)."""
         self.rnn.reset_state()

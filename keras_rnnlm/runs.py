@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 
 from keras_rnnlm.data.corpora import text_files_corpus
-from keras_rnnlm.data.pipelines import encode_corpus, sentence_dataset
+from keras_rnnlm.data.pipelines import sentence_dataset
 from keras_rnnlm.data.vocabulary import Vocabulary
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.run_config import (
@@ -82,7 +82,8 @@ def load_run(directory) -> tuple[RNNLanguageModel, Vocabulary]:
 def evaluate_text_file(directory, text_file, batch_size: int = 32) -> dict:
     """Perplexity of a run's model on a text file (sentence mode); also written to the run."""
     model, vocabulary = load_run(directory)
-    sentences = encode_corpus(vocabulary, text_files_corpus(text_file).train)
+    lines = text_files_corpus(text_file).train
+    sentences = [ids for ids in vocabulary.encode_batch(lines) if ids]  # one tokenizer call
     if not sentences:
         raise ValueError(f"{text_file} holds no text.")
     dataset = sentence_dataset(sentences, batch_size, shuffle=False, start_id=vocabulary.start_id)

@@ -5,6 +5,12 @@ real token *and* the final ``<eos>`` is predicted, padding never counts (the per
 the mask come from ``keras_rnnlm.losses.token_nll``, the loss used for training). Sentences are
 scored whole (not split into training windows) in right-padded batches; the padding changes
 nothing because padded steps leave the recurrent state untouched.
+
+The ``<eos>`` convention: a sentence's score counts its final ``<eos>`` (``num_tokens`` = words
++ 1), here, in ``keras-rnnlm score`` and in the SavedModel's ``score_text`` signature alike.
+
+The computation is the library's one exact-NLL loop (``keras_rnnlm.evaluation``), compiled once
+per model and reused by later calls.
 """
 
 import dataclasses
@@ -15,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rnnlm.data.vocabulary import BOS_ID, EOS_ID
+from keras_rnnlm.evaluation import sequence_nll_function
 from keras_rnnlm.losses import token_nll
 
 
@@ -90,18 +97,17 @@ def score_ids(
     >>> [s.log_prob for s in score_ids(model, [[7, 9], [5]])]
     """
     sequences = [[start_id, *map(int, ids), EOS_ID] for ids in sentences]
-    compute = tf.function(
-        lambda inputs, targets: token_log_probs(model, inputs, targets), reduce_retracing=True
-    )
+    compute = sequence_nll_function(model, per_token=True)
     results = []
     for batch in _batches(sequences, batch_size):
-        log_probs, mask = compute(batch[:, :-1], batch[:, 1:])
-        log_probs = np.asarray(log_probs, dtype=np.float64)
-        lengths = np.asarray(mask).sum(axis=1).astype(int)
+        sums = compute(batch[:, :-1], batch[:, 1:])
+        log_probs = -np.asarray(sums["token_nll"], dtype=np.float64)
+        lengths = sums["tokens"].numpy().astype(int)
+        totals = -sums["nll"].numpy()
         for row in range(len(batch)):
             n = int(lengths[row])
             values = log_probs[row, :n].tolist()
-            total = float(np.sum(log_probs[row, :n]))
+            total = float(totals[row])
             results.append(
                 SentenceScore(
                     text=None,
@@ -136,7 +142,7 @@ def score_sentences(
     >>> score.log_prob, score.perplexity
     """
     scores = score_ids(
-        model, [vocabulary.encode(s) for s in sentences], batch_size, vocabulary.start_id
+        model, vocabulary.encode_batch(list(sentences)), batch_size, vocabulary.start_id
     )
     for score, text in zip(scores, sentences, strict=True):
         score.text = text
@@ -158,7 +164,7 @@ def text_perplexity(model, vocabulary, sentences: Sequence[str], batch_size: int
 
     >>> text_perplexity(model, vocab, open("test.txt").read().splitlines())["perplexity"]
     """
-    encoded = [ids for ids in (vocabulary.encode(s) for s in sentences) if ids]
+    encoded = [ids for ids in vocabulary.encode_batch(list(sentences)) if ids]
     if not encoded:
         raise ValueError("The text holds no token.")
     scores = score_ids(model, encoded, batch_size, vocabulary.start_id)

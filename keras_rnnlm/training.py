@@ -5,12 +5,10 @@ import dataclasses
 import math
 
 import keras
-import numpy as np
-import tensorflow as tf
 
 from keras_rnnlm.distribute import SGD, Adam
 from keras_rnnlm.fast.train_step import JIT_RECURRENCE, uses_fast_path
-from keras_rnnlm.losses import MaskedLanguageModelLoss, token_nll
+from keras_rnnlm.losses import MaskedLanguageModelLoss
 from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
 from keras_rnnlm.models import RNNLanguageModel
 
@@ -177,86 +175,6 @@ class StopOnDivergence(keras.callbacks.Callback):
             print("\n" + self.message)
 
 
-def evaluate_perplexity(model: keras.Model, dataset: tf.data.Dataset) -> dict:
-    """Exact corpus perplexity: ``exp(total NLL / total real tokens)`` over ``dataset``.
-
-    Stateful models are reset first and carry their state through the dataset in order.
-    Returns ``{"perplexity", "nll_per_token", "bits_per_token", "tokens"}``.
-    """
-    if hasattr(model, "reset_states"):
-        model.reset_states()
-
-    # graph mode with one relaxed-shape trace: bucketed batches come in many lengths, and one
-    # XLA compilation per length would cost more than it saves on a single pass
-    @tf.function(reduce_retracing=True)
-    def batch_sums(inputs, targets):
-        nll, mask = token_nll(targets, model(inputs, training=False))
-        return tf.reduce_sum(tf.cast(nll, tf.float64)), tf.reduce_sum(tf.cast(mask, tf.float64))
-
-    total_nll, total_tokens = 0.0, 0.0
-    for batch in dataset:
-        inputs, targets = batch[0], batch[1]
-        nll, tokens = batch_sums(inputs, targets)
-        total_nll += float(nll)
-        total_tokens += float(tokens)
-    if hasattr(model, "reset_states"):
-        model.reset_states()
-    return _perplexity_summary(total_nll, total_tokens)
-
-
-def _perplexity_summary(total_nll: float, total_tokens: float) -> dict:
-    if total_tokens == 0:
-        raise ValueError("The data holds no real target token.")
-    mean = total_nll / total_tokens
-    return {
-        "perplexity": float(np.exp(mean)),
-        "nll_per_token": mean,
-        "bits_per_token": mean / math.log(2.0),
-        "tokens": int(total_tokens),
-    }
-
-
-def evaluate_stream_perplexity(model: keras.Model, stream: np.ndarray, window: int = 256) -> dict:
-    """Exact perplexity of a token stream read as one sequence (batch 1), as Zaremba et al.
-    evaluate: every token after the first is predicted from the whole stream before it.
-
-    ``model`` must be stateless (``keras_rnnlm.runs.stateless_copy``); the state is carried
-    from one ``window`` of tokens to the next, so memory stays bounded.
-    """
-    stream = np.asarray(stream, np.int32)
-    if len(stream) < 2:
-        raise ValueError("A stream needs at least 2 tokens.")
-
-    @tf.function(jit_compile=True)
-    def window_sums(inputs, targets, states):
-        logits, states = model.forward(inputs, initial_state=states)
-        nll, mask = token_nll(targets, logits)
-        return (
-            tf.reduce_sum(tf.cast(nll, tf.float64)),
-            tf.reduce_sum(tf.cast(mask, tf.float64)),
-            states,
-        )
-
-    states = model.get_initial_state(1)
-    total_nll, total_tokens = 0.0, 0.0
-    for start in range(0, len(stream) - 1, window):
-        inputs = stream[start : start + window]
-        targets = stream[start + 1 : start + 1 + window]
-        if len(targets) < len(inputs):  # last window: pad inputs and targets with 0
-            pad = window - len(targets)
-            inputs = np.pad(inputs[: len(targets)], (0, pad))
-            targets = np.pad(targets, (0, pad))
-        elif len(inputs) < window:
-            inputs, targets = (
-                np.pad(inputs, (0, window - len(inputs))),
-                np.pad(targets, (0, window - len(targets))),
-            )
-        nll, tokens, states = window_sums(inputs[None, :], targets[None, :], states)
-        total_nll += float(nll)
-        total_tokens += float(tokens)
-    return _perplexity_summary(total_nll, total_tokens)
-
-
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """A training configuration from Zaremba, Sutskever & Vinyals (2014), Table 1 / Section 4.1.
@@ -300,3 +218,11 @@ PRESETS = {
     "medium": Preset("medium", 2, 650, 35, 20, 0.05, 0.5, 1.0, 6, 1.2, 5.0, 39, 86.2, 82.7),
     "large": Preset("large", 2, 1500, 35, 20, 0.04, 0.65, 1.0, 14, 1.15, 10.0, 55, 82.2, 78.4),
 }
+
+
+# Exact evaluation lives in keras_rnnlm.evaluation (the one exact-NLL loop); re-exported here.
+from keras_rnnlm.evaluation import _perplexity_summary as _perplexity_summary  # noqa: E402
+from keras_rnnlm.evaluation import evaluate_perplexity as evaluate_perplexity  # noqa: E402
+from keras_rnnlm.evaluation import (  # noqa: E402
+    evaluate_stream_perplexity as evaluate_stream_perplexity,
+)

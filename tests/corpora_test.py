@@ -6,8 +6,6 @@ import pytest
 
 from keras_rnnlm.data.corpora import load_corpus, python_docs_corpus, text_files_corpus
 
-pytestmark = pytest.mark.filterwarnings("ignore")
-
 
 def test_python_docs_split_is_deterministic_and_disjoint():
     a, b = python_docs_corpus(), python_docs_corpus()

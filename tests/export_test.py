@@ -11,11 +11,15 @@ import pytest
 import tensorflow as tf
 
 from keras_rnnlm.data.vocabulary import Vocabulary
-from keras_rnnlm.export import export_run, export_saved_model, saved_model_op_types
+from keras_rnnlm.export import (
+    export_run,
+    export_saved_model,
+    reexport_saved_model,
+    saved_model_op_types,
+)
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.training import compile_language_model
 
-pytestmark = pytest.mark.filterwarnings("ignore")
 SENTENCES = ["the cat sat on the mat .", "a dog sat on a log !", "the dog and the cat"]
 RNG = np.random.default_rng(0)
 
@@ -139,7 +143,9 @@ def test_tf_only_process_serves_every_signature(tmp_path, cell, use_builtin_laye
         "step",
         "initial_state",
         "generate",
+        "generate_top_p",
         "tokenize",
+        "score_text",
         "detokenize",
     ):
         assert f"signature_def['{name}']" in shown.stdout
@@ -201,7 +207,14 @@ def test_untrained_or_unbuilt_export_is_a_clear_error(tmp_path):
         export_saved_model(model, vocab, tmp_path / "c", allow_untrained=True)
 
 
-def test_export_run_directory(tmp_path):
+# `keras-rnnlm train` fits on a tf.data.Dataset with shuffle=True and a one-pass dataset: Keras
+# warns about both (issue 14, item 7: the CLI's fit call is being fixed); nothing else is ignored.
+IGNORE_SHUFFLE_WARNING = pytest.mark.filterwarnings("ignore:`shuffle=True` was passed:UserWarning")
+IGNORE_RAN_OUT_WARNING = pytest.mark.filterwarnings("ignore:Your input ran out of data:UserWarning")
+
+
+def _train_and_export_with_the_cli(tmp_path):
+    """``keras-rnnlm train`` a tiny run into ``tmp_path/run``, ``export`` it to ``tmp_path/export``."""
     from keras_rnnlm.cli import main
 
     (tmp_path / "t.txt").write_text("\n".join(SENTENCES * 5))
@@ -210,6 +223,13 @@ def test_export_run_directory(tmp_path):
             "--units", "8", "--embedding-dim", "8", "--num-layers", "1", "--no-jit-compile", "--verbose", "0", "--output", str(run)]  # fmt: skip
     assert main(args) == 0
     assert main(["export", str(run), str(tmp_path / "export")]) == 0
+    return run
+
+
+@IGNORE_SHUFFLE_WARNING
+@IGNORE_RAN_OUT_WARNING
+def test_export_run_directory(tmp_path):
+    run = _train_and_export_with_the_cli(tmp_path)
     card = json.loads((tmp_path / "export" / "model_card.json").read_text())
     assert card["perplexity"]["valid"]["tokens"] > 0
     # the library call behind the CLI refuses to overwrite an export
@@ -224,4 +244,95 @@ def test_hybrid_compiled_bfloat16_model_exports(tmp_path):
     x = RNG.integers(2, vocab.size, size=(8, 6)).astype("int32")
     model.fit(x[:, :-1], x[:, 1:], epochs=1, verbose=0)
     export_dir = export_saved_model(model, vocab, tmp_path / "export")
-    _assert_serves_log_softmax_of(model, export_dir, vocab, atol=1e-4)
+    # bf16 output matmuls round the logits (|logit| < 0.1 here) to 2**-8 relative, and XLA (the
+    # export) and the eager kernel accumulate in different orders: 1.1e-4 was seen, 5e-4 bounds it
+    _assert_serves_log_softmax_of(model, export_dir, vocab, atol=5e-4)
+
+
+GENERATE_CONSUMER = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    export_dir, requests_path, out_path = sys.argv[1:4]
+    loaded = tf.saved_model.load(export_dir)
+    out = []
+    for request in json.load(open(requests_path)):
+        name = request.pop("signature")
+        inputs = {k: tf.constant(v, dtype=tf.float32 if k in ("temperature", "top_p") else tf.int32)
+                  for k, v in request.items()}
+        ids = loaded.signatures[name](**inputs)["generated_ids"].numpy()
+        out.append(ids.tolist())
+    assert not any(m.split(".")[0] == "keras_rnnlm" for m in sys.modules), "keras_rnnlm imported"
+    json.dump(out, open(out_path, "w"))
+    print("consumer ok")
+    """
+)
+
+
+@IGNORE_SHUFFLE_WARNING
+@IGNORE_RAN_OUT_WARNING
+def test_library_cli_and_tf_only_export_generate_the_same_tokens(tmp_path, capsys):
+    from keras_rnnlm.cli import main
+    from keras_rnnlm.runs import load_run
+    from keras_rnnlm.samplers import (
+        GreedySampler,
+        RandomSampler,
+        TopKSampler,
+        TopPSampler,
+        generate,
+    )
+
+    run = _train_and_export_with_the_cli(tmp_path)
+    model, vocab = load_run(run)
+    prompt_text, steps, seed = "the cat", 12, 7
+    prompt = [vocab.start_id, *vocab.encode(prompt_text)]
+    cases = [  # (CLI strategy options, library sampler, export signature inputs)
+        (["--strategy", "greedy"], GreedySampler(),
+         {"signature": "generate", "temperature": 0.0, "top_k": 0}),
+        (["--strategy", "sample", "--temperature", "0.8"], RandomSampler(temperature=0.8, seed=seed),
+         {"signature": "generate", "temperature": 0.8, "top_k": 0}),
+        (["--strategy", "top_k", "--top-k", "5"], TopKSampler(k=5, seed=seed),
+         {"signature": "generate", "temperature": 1.0, "top_k": 5}),
+        (["--strategy", "top_p", "--top-p", "0.8"], TopPSampler(p=0.8, seed=seed),
+         {"signature": "generate_top_p", "temperature": 1.0, "top_p": 0.8}),
+    ]  # fmt: skip
+    requests = [
+        {**inputs, "prompt_ids": [prompt] * 4, "max_new_tokens": steps, "seed": seed}
+        for _, _, inputs in cases
+    ]
+    (tmp_path / "requests.json").write_text(json.dumps(requests))
+    (tmp_path / "consumer.py").write_text(GENERATE_CONSUMER)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "consumer.py"), str(tmp_path / "export"),
+         str(tmp_path / "requests.json"), str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "consumer ok" in proc.stdout, proc.stderr[-3000:]
+    served = json.loads((tmp_path / "out.json").read_text())
+    sampled = set()
+    for (cli_options, sampler, _), served_ids in zip(cases, served, strict=True):
+        library = generate(model, [prompt] * 4, sampler, max_length=steps)
+        assert np.array(served_ids).tolist() == library.tolist(), cli_options
+        sampled.update(library.ravel().tolist())
+        capsys.readouterr()
+        cli = ["generate", str(run), "--prompt", prompt_text, "--max-length", str(steps)]
+        assert main([*cli, *cli_options, "--seed", str(seed)]) == 0
+        printed = capsys.readouterr().out.strip()
+        assert printed == f"{prompt_text} {vocab.decode(library[0])}".strip(), cli_options
+    assert len(sampled) > 4  # the random strategies did sample different tokens
+
+
+def test_reexport_keeps_the_weights_and_the_card(tmp_path):
+    model, vocab = _trained("lstm", num_layers=1)
+    first = export_saved_model(model, vocab, tmp_path / "first", model_card={"corpus": "toy"})
+    again = reexport_saved_model(first, tmp_path / "again")
+    old = tf.train.load_checkpoint(str(first / "variables" / "variables"))
+    new = tf.train.load_checkpoint(str(again / "variables" / "variables"))
+    keys = [k for k in old.get_variable_to_shape_map() if k.startswith("model/")]
+    assert len(keys) >= 5
+    for key in keys:
+        np.testing.assert_array_equal(new.get_tensor(key), old.get_tensor(key))
+    card = json.loads((again / "model_card.json").read_text())
+    first_card = json.loads((first / "model_card.json").read_text())
+    assert card["corpus"] == "toy" and card["config"] == first_card["config"]
+    _assert_serves_log_softmax_of(model, again, vocab, atol=1e-5)

@@ -308,8 +308,8 @@ def test_generation_compiles_with_xla(sampler):
     compiled = generate(model, PROMPTS, sampler, max_length=8, jit_compile=True)
     assert compiled.shape == (3, 8)
     assert not np.isin(compiled[:, 0], [PAD_ID, UNK_ID, BOS_ID]).any()
-    if not isinstance(sampler, TopPSampler):  # XLA's random stream differs from TF's
-        np.testing.assert_array_equal(compiled, generate(model, PROMPTS, sampler, max_length=8))
+    # the explicit draw (Philox integers, inverse CDF) is the same under XLA and on the CPU kernel
+    np.testing.assert_array_equal(compiled, generate(model, PROMPTS, sampler, max_length=8))
 
 
 def test_get_sampler_and_config_round_trip():

@@ -38,7 +38,8 @@ from keras_rnnlm.data.task_data import (
     tagging_dataset,
     truncate,
 )
-from keras_rnnlm.data.vocabulary import Vocabulary, tokenize
+from keras_rnnlm.data.tokenizer import tokenize_lines
+from keras_rnnlm.data.vocabulary import Vocabulary
 
 __all__ = [
     "CASE_TAGS",
@@ -143,7 +144,7 @@ def truecasing_task(
     """Word-level true-casing: inputs are lower-cased words, tags their original case class."""
     splits = {}
     for split in ("train", "valid", "test"):
-        words = [tokenize(line, "word") for line in _limit(corpus.split(split), max_lines)]
+        words = tokenize_lines(list(_limit(corpus.split(split), max_lines)), "word")
         splits[split] = [truncate(w, max_length) for w in words if w]
     vocabulary = Vocabulary.build(
         (" ".join(w) for w in splits["train"]),
@@ -203,8 +204,9 @@ def swapped_words_task(
     splits = {}
     for split in ("train", "valid", "test"):
         examples = []
-        for line in _limit(corpus.split(split), max_lines):
-            words = tokenize(line, "word", lowercase=corpus.lowercase, pretokenized=pretokenized)
+        lines = list(_limit(corpus.split(split), max_lines))
+        tokenized = tokenize_lines(lines, "word", corpus.lowercase, pretokenized)
+        for words in tokenized:
             words = truncate(words, max_length)
             if len(words) < min_words:
                 continue

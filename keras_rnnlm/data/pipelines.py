@@ -43,8 +43,7 @@ def prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 def encode_corpus(vocabulary, sentences: Sequence[str]) -> list[list[int]]:
     """Encode text lines into id lists; empty lines are dropped."""
-    encoded = (vocabulary.encode(s) for s in sentences)
-    return [ids for ids in encoded if ids]
+    return [ids for ids in vocabulary.encode_batch(list(sentences)) if ids]
 
 
 def sentence_windows(

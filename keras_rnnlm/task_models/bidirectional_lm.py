@@ -6,8 +6,8 @@ import tensorflow as tf
 from keras import ops
 
 from keras_rnnlm.backbone import backbone_config, build_backbone, embed, make_backbone
+from keras_rnnlm.evaluation import cached_function, nll_sums, perplexity_summary
 from keras_rnnlm.layers import reverse_padded
-from keras_rnnlm.losses import token_nll
 from keras_rnnlm.task_models.encoder import sequence_lengths
 
 _PACKAGE = "keras_rnnlm"
@@ -160,28 +160,29 @@ def evaluate_bidirectional_perplexity(model, dataset) -> dict:
     ``exp(total NLL / total real targets)``.
     """
 
-    @tf.function
-    def sums(inputs, forward_targets, backward_targets):
-        forward_logits, backward_logits = model(inputs, training=False)
-        out = []
-        for targets, logits in (
-            (forward_targets, forward_logits),
-            (backward_targets, backward_logits),
-        ):
-            nll, mask = token_nll(targets, logits)
-            out += [
-                tf.reduce_sum(tf.cast(nll, tf.float64)),
-                tf.reduce_sum(tf.cast(mask, tf.float64)),
-            ]
-        return out
+    def build():
+        def sums(inputs, forward_targets, backward_targets):
+            forward_logits, backward_logits = model(inputs, training=False)
+            return (
+                nll_sums(forward_targets, forward_logits),
+                nll_sums(backward_targets, backward_logits),
+            )
 
+        return sums
+
+    fn = cached_function(model, "bidirectional", build, reduce_retracing=True)
     totals = np.zeros(4)
     for inputs, (forward_targets, backward_targets) in dataset:
-        totals += np.array([float(v) for v in sums(inputs, forward_targets, backward_targets)])
+        forward, backward = fn(inputs, forward_targets, backward_targets)
+        totals += [
+            float(tf.reduce_sum(p[k])) for p in (forward, backward) for k in ("nll", "tokens")
+        ]
     if totals[1] == 0:
         raise ValueError("The data holds no real target token.")
+    forward = perplexity_summary(totals[0], totals[1])
+    backward = perplexity_summary(totals[2], totals[3])
     return {
-        "forward_perplexity": float(np.exp(totals[0] / totals[1])),
-        "backward_perplexity": float(np.exp(totals[2] / totals[3])),
-        "tokens": int(totals[1]),
+        "forward_perplexity": forward["perplexity"],
+        "backward_perplexity": backward["perplexity"],
+        "tokens": forward["tokens"],
     }
