@@ -142,6 +142,13 @@ def _add_train_parser(subparsers, common):
     )
     p.add_argument("--overwrite", action="store_true", default=None)
     p.add_argument("--verbose", type=int, choices=[0, 1, 2])
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write per-step loss, epoch-to-date perplexity, learning rate and pre-clipping "
+        "gradient norm for TensorBoard (tensorboard --logdir DIR); not a configuration change "
+        "when a run is resumed",
+    )
     p.set_defaults(func=_train)
 
 

@@ -31,6 +31,7 @@ from keras_rnnlm.run_config import (
     make_dataset,
     stateless_copy,
 )
+from keras_rnnlm.summaries import TrainingSummaries
 from keras_rnnlm.training import (
     EpochDecay,
     ResetStatesCallback,
@@ -147,10 +148,13 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
         atomic_write_text(output / CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2))
 
     divergence = StopOnDivergence()
+    # after the checkpoint: metrics.json's history is the same with or without --tensorboard
+    summaries = TrainingSummaries(config.tensorboard).callbacks() if config.tensorboard else []
     callbacks = [
         divergence,
         checkpoint,
         SaveModelEachEpoch(output / CHECKPOINT_FILE),
+        *summaries,
         *(callbacks or []),
     ]
     if config.mode == "stream":
