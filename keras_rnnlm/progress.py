@@ -96,6 +96,9 @@ class Progress:
             self._drawn = False
 
     def __enter__(self) -> "Progress":
+        if self.enabled:  # "0/total" at once: the user sees that the command is working
+            self._last_draw = time.monotonic()
+            self._draw(self._last_draw)
         return self
 
     def __exit__(self, *exc_info) -> None:

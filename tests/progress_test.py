@@ -28,6 +28,7 @@ def test_progress_draws_only_on_a_terminal_and_not_when_quiet():
     assert pipe.getvalue() == "" and quiet.getvalue() == ""
     text = terminal.getvalue()
     assert text.endswith("\n") and "\r" in text
+    assert "score: 0/4 batches (0%)" in text  # drawn on entering
     assert "score: 4/4 batches (100%)" in text.rsplit("\r", 1)[-1]
 
 
@@ -83,6 +84,22 @@ def test_score_file_in_chunks_equals_one_pass_and_progress_goes_to_stderr(run_di
     assert result["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-6)
     assert "score: 21/21 sentences (100%)" in monkey_terminal.getvalue()
     assert capsys.readouterr().out == ""  # nothing on stdout
+
+
+def test_a_progress_wrapped_dataset_evaluates_the_same(run_dir):
+    # the contract evaluate's progress relies on: evaluate_perplexity only iterates the dataset
+    from keras_rnnlm.data.pipelines import encode_corpus, sentence_dataset
+    from keras_rnnlm.runs import load_run
+    from keras_rnnlm.training import evaluate_perplexity
+
+    model, vocabulary = load_run(run_dir)
+    dataset = sentence_dataset(encode_corpus(vocabulary, SENTENCES), 4, shuffle=False)
+    terminal = _Terminal()
+    with Progress(None, "evaluate", "batches", stream=terminal) as progress:
+        wrapped = evaluate_perplexity(model, progress.iterate(dataset))
+    assert wrapped == evaluate_perplexity(model, dataset)
+    assert progress.done == len(list(dataset)) > 1
+    assert f"evaluate: {progress.done} batches" in terminal.getvalue()
 
 
 @pytest.mark.parametrize("quiet", [[], ["--quiet"]])
