@@ -101,6 +101,11 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
             "stream mode keeps one recurrent state per batch row on one device; train it with "
             "--strategy default, or use --mode sentence with several replicas."
         )
+    if multi_replica and config.tensorboard:  # GradientNormMonitor records one replica's norm
+        raise ValueError(
+            "--tensorboard measures the gradient norm on one device; train with "
+            "--strategy default, or drop --tensorboard with several replicas."
+        )
     keras.utils.set_random_seed(config.seed)
 
     corpus = load_config_corpus(config)
