@@ -89,11 +89,11 @@ def test_max_length_counts_the_prompt():
         max_new_tokens(4, 4)
 
 
-def test_shipped_names_resolve_relative_to_the_package():
+def test_shipped_names_resolve_relative_to_the_package(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository: found through the package's location
     for name in ("ptb_word_lstm_small", "saved_models/ptb_word_lstm_small"):
-        assert resolve_preset(name) == SAVED_MODELS_DIR / "ptb_word_lstm_small" or (
-            resolve_preset(name).resolve() == (SAVED_MODELS_DIR / "ptb_word_lstm_small")
-        )
+        assert resolve_preset(name).resolve() == SAVED_MODELS_DIR / "ptb_word_lstm_small"
+    assert resolve_preset(str(tmp_path)) == tmp_path  # a path is taken as it is
 
 
 def test_shipped_preset_greedy_generation_equals_the_export_generate_signature():
