@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from keras_rnnlm import constants
+from keras_rnnlm import cli_help, constants
 from keras_rnnlm.tf_logging import configure_tensorflow_logging
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
@@ -46,7 +46,8 @@ def _add_train_parser(subparsers, common):
     p = subparsers.add_parser(
         "train",
         help="train a language model (default: LSTM on the offline python_docs corpus)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli_help.DefaultsAndExamples,
+        epilog=cli_help.EXAMPLES["train"],
         parents=[common],
     )
     p.add_argument(
@@ -143,6 +144,13 @@ def _add_train_parser(subparsers, common):
     )
     p.add_argument("--overwrite", action="store_true", default=None)
     p.add_argument("--verbose", type=int, choices=[0, 1, 2])
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write per-step loss, epoch-to-date perplexity, learning rate and pre-clipping "
+        "gradient norm for TensorBoard (tensorboard --logdir DIR); not a configuration change "
+        "when a run is resumed",
+    )
     p.set_defaults(func=_train)
 
 
@@ -160,6 +168,7 @@ def _train(args):
         config = TrainConfig.from_preset(args.preset, **overrides)
     else:
         config = TrainConfig(**overrides)
+    print(cli_help.train_intro(config))
     try:
         metrics = train(config)
     except TrainingDivergedError as error:
@@ -174,16 +183,22 @@ def _train(args):
         print(f"  unigram (add-one) valid perplexity {metrics['unigram_valid_perplexity']:.2f}")
     if "warning" in metrics:
         print("  WARNING:", metrics["warning"])
+    print(cli_help.next_commands(config))
     return 0
 
 
 def _add_evaluate_parser(subparsers, common):
     p = subparsers.add_parser(
-        "evaluate", help="perplexity of a trained run's model on a text file", parents=[common]
+        "evaluate",
+        help="perplexity of a trained run's model on a text file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=cli_help.EXAMPLES["evaluate"],
+        parents=[common],
     )
     p.add_argument("run_dir")
     p.add_argument("--test-file", required=True, help="text, one sentence per line")
     p.add_argument("--batch-size", type=int, default=32)
+    cli_help.add_quiet_option(p)
     p.set_defaults(func=_evaluate)
 
 
@@ -199,7 +214,8 @@ def _add_generate_parser(subparsers, common):
     p = subparsers.add_parser(
         "generate",
         help="continue a prompt with a trained run's model (greedy, sampling, top-k/p, beam)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli_help.DefaultsAndExamples,
+        epilog=cli_help.EXAMPLES["generate"],
         parents=[common],
     )
     p.add_argument("run_dir")
@@ -214,11 +230,17 @@ def _add_generate_parser(subparsers, common):
     p.add_argument(
         "--length-penalty", type=float, default=0.0, help="beam: rank by log P / length**this"
     )
-    p.add_argument("--max-length", type=int, default=40, help="maximum generated tokens")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=40,
+        help="maximum total length in tokens, the prompt (start token included) counted",
+    )
     p.add_argument("--num-samples", type=int, default=1, help="beam: the best beams")
     p.add_argument("--seed", type=int, help="makes sampling reproducible")
     p.add_argument("--allow-unk", action="store_true", help="let the model emit <unk>")
     p.add_argument("--jit-compile", action="store_true", help="compile generation with XLA")
+    cli_help.add_quiet_option(p)
     p.set_defaults(func=_generate)
 
 
@@ -268,6 +290,8 @@ def _add_score_parser(subparsers, common):
     p = subparsers.add_parser(
         "score",
         help="log-probability of sentences and perplexity of a text under a run's model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=cli_help.EXAMPLES["score"],
         parents=[common],
     )
     p.add_argument("run_dir")
@@ -275,6 +299,7 @@ def _add_score_parser(subparsers, common):
     source.add_argument("--text", help="one sentence: per-token log-probabilities and total")
     source.add_argument("--file", help="text, one sentence per line: perplexity (JSON)")
     p.add_argument("--batch-size", type=int, default=32)
+    cli_help.add_quiet_option(p)
     p.set_defaults(func=_score)
 
 
@@ -304,7 +329,11 @@ def _score(args):
 
 def _add_export_parser(subparsers, common):
     p = subparsers.add_parser(
-        "export", help="export a trained run as a SavedModel for serving", parents=[common]
+        "export",
+        help="export a trained run as a SavedModel for serving",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=cli_help.EXAMPLES["export"],
+        parents=[common],
     )
     p.add_argument("run_dir")
     p.add_argument("savedmodel_dir")

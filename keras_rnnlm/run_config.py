@@ -23,7 +23,8 @@ MODEL_FILE, VOCAB_FILE, METRICS_FILE, CONFIG_FILE, CHECKPOINT_FILE, BACKUP_DIR =
     "checkpoint.keras",  # the model after the last completed epoch
     "backup",  # the resumable training state (keras_rnnlm.checkpoints), removed when done
 )
-RESUMABLE_FIELDS_IGNORED = ("overwrite", "verbose")  # may differ when a run is resumed
+# may differ when a run is resumed (they change what is shown or logged, not what is trained)
+RESUMABLE_FIELDS_IGNORED = ("overwrite", "verbose", "tensorboard")
 
 
 MODES = ("sentence", "stream")  # sentence batches | one token stream (truncated BPTT)
@@ -79,6 +80,7 @@ class TrainConfig:
     output: str = "rnnlm_run"
     overwrite: bool = False
     verbose: int = 1
+    tensorboard: str | None = None  # TensorBoard directory (keras_rnnlm.summaries)
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first setting that cannot work."""

@@ -31,6 +31,7 @@ from keras_rnnlm.run_config import (
     make_dataset,
     stateless_copy,
 )
+from keras_rnnlm.summaries import TrainingSummaries
 from keras_rnnlm.training import (
     EpochDecay,
     ResetStatesCallback,
@@ -100,6 +101,11 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
             "stream mode keeps one recurrent state per batch row on one device; train it with "
             "--strategy default, or use --mode sentence with several replicas."
         )
+    if multi_replica and config.tensorboard:  # GradientNormMonitor records one replica's norm
+        raise ValueError(
+            "--tensorboard measures the gradient norm on one device; train with "
+            "--strategy default, or drop --tensorboard with several replicas."
+        )
     keras.utils.set_random_seed(config.seed)
 
     corpus = load_config_corpus(config)
@@ -147,10 +153,13 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
         atomic_write_text(output / CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2))
 
     divergence = StopOnDivergence()
+    # after the checkpoint: metrics.json's history is the same with or without --tensorboard
+    summaries = TrainingSummaries(config.tensorboard).callbacks() if config.tensorboard else []
     callbacks = [
         divergence,
         checkpoint,
         SaveModelEachEpoch(output / CHECKPOINT_FILE),
+        *summaries,
         *(callbacks or []),
     ]
     if config.mode == "stream":

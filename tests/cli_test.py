@@ -158,6 +158,10 @@ def test_train_prints_no_tensorflow_log_lines_and_files_follow_the_umask(tmp_pat
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Run written to" in proc.stdout
+    # the first train says what it does and ends with the commands to try next
+    assert proc.stdout.startswith("Training a 1-layer LSTM language model on the python_docs")
+    assert f"output: {out}/" in proc.stdout
+    assert proc.stdout.rstrip().endswith(f"keras-rnnlm export {out} {out}_export")
     assert not TF_LOG_LINE.search(proc.stderr), proc.stderr
     assert "absl::InitializeLog" not in proc.stderr
     for name in ("model.keras", "checkpoint.keras", "config.json", "metrics.json"):
