@@ -246,6 +246,8 @@ def _add_generate_parser(subparsers, common):
 
 def _generate(args):
     from keras_rnnlm.data.vocabulary import BOS_ID, PAD_ID
+    from keras_rnnlm.presets import max_new_tokens
+    from keras_rnnlm.progress import Progress
     from keras_rnnlm.runs import load_run
     from keras_rnnlm.samplers import generate_text, get_sampler
 
@@ -271,15 +273,20 @@ def _generate(args):
     prompt = args.prompt or ""
     if prompt and not vocabulary.encode(prompt):
         raise ValueError(f"--prompt {prompt!r} holds no token of the model's vocabulary.")
-    (samples,) = generate_text(
-        model,
-        vocabulary,
-        [prompt],
-        sampler,
-        max_length=args.max_length,
-        num_samples=args.num_samples,
-        jit_compile=args.jit_compile,
-    )
+    # --max-length counts the prompt and its start token (keras-hub's convention)
+    new_tokens = max_new_tokens(args.max_length, 1 + len(vocabulary.encode(prompt)))
+    quiet = args.quiet or args.num_samples == 1
+    with Progress(args.num_samples, "generate", "samples", quiet=quiet) as progress:
+        (samples,) = generate_text(
+            model,
+            vocabulary,
+            [prompt],
+            sampler,
+            max_length=new_tokens,
+            num_samples=args.num_samples,
+            jit_compile=args.jit_compile,
+        )
+        progress.update(args.num_samples)  # one batch: all samples at once
     prefix = vocabulary.decode(vocabulary.encode(prompt))
     for sample in samples:
         print(f"{prefix} {sample}".strip() if vocabulary.level == "word" else prefix + sample)

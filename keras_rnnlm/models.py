@@ -303,6 +303,29 @@ class RNNLanguageModel(keras.Model):
 
         return generate_with_model(self, inputs, max_length=max_length, sampler=sampler, **kwargs)
 
+    @classmethod
+    def from_preset(cls, dir_or_name) -> "RNNLanguageModel":
+        """keras-hub style: a shipped model's name, an export, a preset directory or a run
+        (``keras_rnnlm.presets.load_preset``); ``model.vocabulary`` is its vocabulary.
+
+        Example:
+
+        >>> model = RNNLanguageModel.from_preset("ptb_word_lstm_small")
+        """
+        from keras_rnnlm.presets import load_preset
+
+        return load_preset(dir_or_name)
+
+    def save_to_preset(self, directory, vocabulary=None, metadata=None):
+        """Write this model as a preset directory (``keras_rnnlm.presets.save_to_preset``);
+        ``vocabulary`` defaults to ``self.vocabulary`` (set by ``from_preset``)."""
+        from keras_rnnlm.presets import save_to_preset
+
+        vocabulary = vocabulary if vocabulary is not None else getattr(self, "vocabulary", None)
+        if vocabulary is None:
+            raise ValueError("save_to_preset needs the vocabulary: pass vocabulary=...")
+        return save_to_preset(self, directory, vocabulary, metadata)
+
     def reset_states(self):
         """Zero the carried states of a stateful model (start of an epoch or of evaluation)."""
         self.rnn.reset_state()

@@ -315,7 +315,15 @@ def test_library_cli_and_tf_only_export_generate_the_same_tokens(tmp_path, capsy
         assert np.array(served_ids).tolist() == library.tolist(), cli_options
         sampled.update(library.ravel().tolist())
         capsys.readouterr()
-        cli = ["generate", str(run), "--prompt", prompt_text, "--max-length", str(steps)]
+        # the CLI's --max-length counts the prompt and its start token (keras-hub's convention)
+        cli = [
+            "generate",
+            str(run),
+            "--prompt",
+            prompt_text,
+            "--max-length",
+            str(len(prompt) + steps),
+        ]
         assert main([*cli, *cli_options, "--seed", str(seed)]) == 0
         printed = capsys.readouterr().out.strip()
         assert printed == f"{prompt_text} {vocab.decode(library[0])}".strip(), cli_options

@@ -346,7 +346,7 @@ def test_generate_text_beam_returns_the_best_beams(tmp_path):
 def test_cli_generate(tmp_path, capsys, strategy):
     run, _, _ = _run_dir(tmp_path)
     args = ["generate", str(run), "--prompt", "the students opened their", "--strategy"]
-    args += [strategy, "--max-length", "6", "--num-samples", "2", "--seed", "4"]
+    args += [strategy, "--max-length", "11", "--num-samples", "2", "--seed", "4"]  # 5 + 6 new
     assert main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("the students opened their") for line in lines)
