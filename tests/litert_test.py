@@ -1,6 +1,5 @@
 """LiteRT export: builtin ops only, parity in a process without TensorFlow, host generation."""
 
-import importlib
 import json
 import os
 import runpy
@@ -12,40 +11,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from deploy_helpers import SENTENCES, require, tiny_trained_model
 
 from keras_rnnlm.data.vocabulary import Vocabulary
 from keras_rnnlm.deploy import export_model
 from keras_rnnlm.deploy.litert import export_litert, litert_op_names
-from keras_rnnlm.models import RNNLanguageModel
-from keras_rnnlm.samplers import GreedySampler, generate, generate_text
-from keras_rnnlm.training import compile_language_model
+from keras_rnnlm.samplers import GreedySampler, TopKSampler, generate, generate_text
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "litert_host.py"
 SHIPPED_PTB = ROOT / "saved_models" / "ptb_word_lstm_small"
-SENTENCES = ["the cat sat on the mat .", "a dog sat on a log !", "the dog and the cat"]
 SEQUENCE_LENGTH = 12
 
 
-def _require(module):
-    """Under CI=true a missing extra fails; elsewhere the test skips."""
-    if os.environ.get("CI") == "true":
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
-
-
-_require("ai_edge_litert")
+require("ai_edge_litert")
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    tf.keras.utils.set_random_seed(7)
-    vocab = Vocabulary.build(SENTENCES, lowercase=True)
-    model = RNNLanguageModel(vocab.size, cell="lstm", num_layers=2, units=8, embedding_dim=8)
-    compile_language_model(model, "adam", 0.05, jit_compile=False)
-    x = np.random.default_rng(0).integers(2, vocab.size, size=(16, 7)).astype("int32")
-    model.fit(x[:, :-1], x[:, 1:], epochs=3, verbose=0)
-    return model, vocab
+    return tiny_trained_model("lstm")
 
 
 @pytest.fixture(scope="module")
@@ -148,13 +132,13 @@ def test_host_generation_through_litert_equals_the_library(tiny, tiny_export):
 
     model, vocab = tiny
     prompts = ["the cat", "a dog sat on"]
-    reference = generate_text(model, vocab, prompts, GreedySampler(), max_length=8)
-    step = LiteRTStep(tiny_export / "step.tflite")
-    assert generate_text_with_step(step, vocab, prompts, "greedy", 8) == [r[0] for r in reference]
-    keras_step = KerasStep(model)
-    assert generate_text_with_step(keras_step, vocab, prompts, "greedy", 8) == [
-        r[0] for r in reference
-    ]
+    step, keras_step = LiteRTStep(tiny_export / "step.tflite"), KerasStep(model)
+    greedy = generate_text(model, vocab, prompts, GreedySampler(), max_length=8)
+    assert greedy == [["sat on the mat"], ["a log !"]]  # it learnt (most of) its sentences
+    for sampler in (GreedySampler(), TopKSampler(k=5, seed=3)):  # one sampler, any step
+        reference = [r[0] for r in generate_text(model, vocab, prompts, sampler, max_length=8)]
+        assert generate_text_with_step(step, vocab, prompts, sampler, 8) == reference
+        assert generate_text_with_step(keras_step, vocab, prompts, sampler, 8) == reference
 
 
 @pytest.mark.parametrize(

@@ -1,42 +1,26 @@
 """ONNX export (tf2onnx): step and score parity with onnxruntime at batch 1 and padded batches."""
 
-import importlib
 import json
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from deploy_helpers import require, tiny_trained_model
 
 from keras_rnnlm.data.vocabulary import Vocabulary
 from keras_rnnlm.deploy import export_model
-from keras_rnnlm.models import RNNLanguageModel
-from keras_rnnlm.samplers import GreedySampler, generate_text
-from keras_rnnlm.training import compile_language_model
+from keras_rnnlm.samplers import GreedySampler, TopKSampler, generate_text
 
-SENTENCES = ["the cat sat on the mat .", "a dog sat on a log !", "the dog and the cat"]
 SEQUENCE_LENGTH = 10
 
 
-def _require(module):
-    """Under CI=true a missing extra fails; elsewhere the test skips."""
-    if os.environ.get("CI") == "true":
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
-
-
-onnxruntime = _require("onnxruntime")
-_require("tf2onnx")
+onnxruntime = require("onnxruntime")
+require("tf2onnx")
 
 
 @pytest.fixture(scope="module", params=["lstm", "gru"])
 def exported(request, tmp_path_factory):
-    tf.keras.utils.set_random_seed(11)
-    vocab = Vocabulary.build(SENTENCES, lowercase=True)
-    model = RNNLanguageModel(vocab.size, cell=request.param, num_layers=2, units=8, embedding_dim=6)
-    compile_language_model(model, "adam", 0.05, jit_compile=False)
-    x = np.random.default_rng(0).integers(2, vocab.size, size=(16, 7)).astype("int32")
-    model.fit(x[:, :-1], x[:, 1:], epochs=3, verbose=0)
+    model, vocab = tiny_trained_model(request.param, embedding_dim=6, seed=11)
     out = tmp_path_factory.mktemp("onnx") / request.param
     export_model(model, out, "onnx", vocabulary=vocab, sequence_length=SEQUENCE_LENGTH)
     return model, vocab, out
@@ -87,9 +71,11 @@ def test_host_generation_through_onnx_equals_the_library(exported):
 
     model, vocab, out = exported
     prompts = ["the", "a dog sat on the"]  # different lengths: one padded batch
-    reference = generate_text(model, vocab, prompts, GreedySampler(), max_length=8)
-    got = generate_text_with_step(OnnxStep(out / "step.onnx"), vocab, prompts, "greedy", 8)
-    assert got == [r[0] for r in reference]
+    step = OnnxStep(out / "step.onnx")
+    for sampler in (GreedySampler(), TopKSampler(k=5, seed=3)):
+        reference = [r[0] for r in generate_text(model, vocab, prompts, sampler, max_length=8)]
+        assert generate_text_with_step(step, vocab, prompts, sampler, 8) == reference
+    assert reference != [""] * 2
 
 
 def test_card_records_the_format(exported):
