@@ -70,6 +70,7 @@ class OnnxStep:
 
     Args:
         path: the ``step.onnx`` written by ``export_onnx``.
+        num_threads: onnxruntime intra-op threads (None: the runtime's default).
 
     Example:
 
@@ -77,10 +78,15 @@ class OnnxStep:
     >>> logits, states = step(np.array([3, 3], np.int32), step.initial_state(2))
     """
 
-    def __init__(self, path):
+    def __init__(self, path, num_threads: int | None = None):
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = num_threads
+        self.session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.state_names = [n for n in inputs if n != "token"]
         self.state_sizes = [int(inputs[n].shape[-1]) for n in self.state_names]
