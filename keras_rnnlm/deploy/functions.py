@@ -3,8 +3,10 @@
 Both are traced from the reference path of an ``RNNLanguageModel`` (``model.step``, one cell
 step per token, never the XLA-compiled serving signatures) and frozen (weights become
 constants), so a converter sees plain graph ops: embedding gather, matmuls, sigmoid, tanh,
-select. ``score`` runs the same ``model.step`` over a fixed number of positions (a Python loop
-unrolled at trace time), so it holds no ``while`` loop and no ``TensorList`` either.
+select. ``score`` runs the same ``model.step`` in a ``tf.while_loop`` over a fixed number of
+positions, accumulating into a fixed-shape tensor (no ``TensorArray``/``TensorList``, which
+LiteRT cannot run without Flex ops); a Python loop unrolled at trace time would copy every
+weight once per position in the frozen graph (tf2onnx ran out of memory on it).
 
 * ``step``: ``token`` int32 ``(batch,)`` and the states ``h_0`` (``c_0`` for LSTMs), ``h_1``,
   ... ``(batch, units)`` -> ``logits`` ``(batch, vocabulary_size)`` and the new states. A
@@ -122,7 +124,7 @@ def score_function(
     Args:
         model: a built, stateless ``RNNLanguageModel`` on the from-scratch layers.
         batch_size: the fixed batch size, or None for a dynamic one.
-        sequence_length: the number of positions (the trace unrolls one step per position).
+        sequence_length: the number of positions.
         freeze: as in ``step_function``.
 
     Returns:
@@ -136,15 +138,24 @@ def score_function(
     spec = tf.TensorSpec((batch_size, sequence_length), tf.int32, name="token_ids")
 
     def score(token_ids):
-        states = model.get_initial_state(tf.shape(token_ids)[0])
-        log_probs = []
-        for t in range(sequence_length):
-            logits, states = model.step(token_ids[:, t], states)
-            log_probs.append(tf.nn.log_softmax(logits, axis=-1))
-        log_probs = tf.stack(log_probs, axis=1)  # (batch, time, vocabulary)
+        batch = tf.shape(token_ids)[0]
         next_ids = tf.concat([token_ids[:, 1:], tf.zeros_like(token_ids[:, :1])], axis=1)
-        picked = tf.gather(log_probs, next_ids, batch_dims=2)  # (batch, time)
-        return {"token_log_probs": tf.where(next_ids > 0, picked, tf.zeros_like(picked))}
+
+        def body(t, states, total):
+            logits, states = model.step(token_ids[:, t], _nest(model, states))
+            log_probs = tf.nn.log_softmax(logits, axis=-1)  # (batch, vocabulary)
+            picked = tf.gather(log_probs, next_ids[:, t], batch_dims=1)  # (batch,)
+            total += picked[:, None] * tf.one_hot(t, sequence_length)[None, :]
+            return t + 1, [s for layer in states for s in layer], total
+
+        states = [tf.zeros((batch, size)) for size in state_sizes(model)]
+        _, _, total = tf.while_loop(
+            lambda t, *_: t < sequence_length,
+            body,
+            (tf.constant(0), states, tf.zeros((batch, sequence_length))),
+            maximum_iterations=sequence_length,
+        )  # a loop, not an unrolled trace: each weight appears once in the graph
+        return {"token_log_probs": tf.where(next_ids > 0, total, tf.zeros_like(total))}
 
     return _traced(score, [spec], freeze)
 
