@@ -176,6 +176,24 @@ def test_export_model_reads_an_export_directory(tiny, tmp_path):
         export_model(tmp_path, tmp_path / "y", "litert")
 
 
+def test_export_model_reads_a_run_directory_and_its_metrics(tiny, tmp_path):
+    from keras_rnnlm.runs import METRICS_FILE, MODEL_FILE, VOCAB_FILE
+
+    model, vocab = tiny
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / MODEL_FILE)
+    vocab.save(run / VOCAB_FILE)
+    metrics = {"corpus": "toy", "mode": "sentence", "test": {"perplexity": 5.5}}
+    (run / METRICS_FILE).write_text(json.dumps(metrics))
+    out = export_model(run, tmp_path / "lite", "litert", sequence_length=4)
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["corpus"] == "toy" and card["perplexity"] == {"test": {"perplexity": 5.5}}
+    ids = np.array([2, *vocab.encode("the cat sat")], np.int32)
+    got = _litert_step_logits(out, ids, tmp_path)
+    np.testing.assert_allclose(got, np.asarray(model(ids[None]))[0], atol=1e-4, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def ptb_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("litert") / "ptb"

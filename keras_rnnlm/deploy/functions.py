@@ -180,6 +180,7 @@ def load_for_deploy(
     >>> model, vocab, facts = load_for_deploy("saved_models/ptb_word_lstm_small")
     """
     from keras_rnnlm.export import serving_copy
+    from keras_rnnlm.runs import METRICS_FILE, MODEL_FILE, load_run
 
     if isinstance(model_or_path, RNNLanguageModel):
         if vocabulary is None:
@@ -191,12 +192,10 @@ def load_for_deploy(
 
         model, vocabulary = load_language_model(path)
         card = json.loads((path / CARD_FILE).read_text())
-    elif (path / "model.keras").is_file():
-        from keras_rnnlm.runs import load_run
-
+    elif (path / MODEL_FILE).is_file():
         model, vocabulary = load_run(path)
         model = serving_copy(model)
-        metrics_path = path / "metrics.json"
+        metrics_path = path / METRICS_FILE
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         card = {
             "corpus": metrics.get("corpus"),
