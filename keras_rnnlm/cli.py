@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Sequence
 
 from keras_rnnlm import cli_help, constants
+from keras_rnnlm.cli_export import add_export_parser
 from keras_rnnlm.tf_logging import configure_tensorflow_logging
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
@@ -334,28 +335,6 @@ def _score(args):
     return 0
 
 
-def _add_export_parser(subparsers, common):
-    p = subparsers.add_parser(
-        "export",
-        help="export a trained run as a SavedModel for serving",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=cli_help.EXAMPLES["export"],
-        parents=[common],
-    )
-    p.add_argument("run_dir")
-    p.add_argument("savedmodel_dir")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=_export)
-
-
-def _export(args):
-    from keras_rnnlm.export import export_run
-
-    path = export_run(args.run_dir, args.savedmodel_dir, overwrite=args.overwrite)
-    print(f"SavedModel written to {path}/ (signatures: see {path}/model_card.json)")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``keras-rnnlm`` argument parser (imports neither TensorFlow nor Keras).
 
@@ -378,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     _add_train_parser(subparsers, common)
     _add_evaluate_parser(subparsers, common)
-    _add_export_parser(subparsers, common)
+    add_export_parser(subparsers, common)
     _add_generate_parser(subparsers, common)
     _add_score_parser(subparsers, common)
     return parser

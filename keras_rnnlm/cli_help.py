@@ -26,6 +26,8 @@ An interrupted run resumes when the same command is run again.""",
     "export": """Example:
   keras-rnnlm export rnnlm_run rnnlm_export
   saved_model_cli show --dir rnnlm_export --all      # the signatures (plain TensorFlow)
+  keras-rnnlm export saved_models/ptb_word_lstm_small /tmp/ptb_litert --format litert --quantize
+  keras-rnnlm export rnnlm_run /tmp/rnnlm_onnx --format onnx
 In Python: keras_rnnlm.presets.load_preset("rnnlm_export") rebuilds the Keras model.""",
     "generate": """Example:
   keras-rnnlm generate rnnlm_run --prompt "the model" --strategy greedy --max-length 20

@@ -235,3 +235,21 @@ def test_shipped_ptb_greedy_continuation_without_tensorflow_equals_the_library(p
     assert result["ids"] == expected.tolist()
     assert result["min_top2_gap"] > 1e-3  # no near-tie along the path: equality is not luck
     assert result["text"] == vocab.decode(expected)
+
+
+def test_cli_export_writes_litert_and_refuses_quantize_for_onnx(tiny, tmp_path, capsys):
+    from keras_rnnlm.cli import main
+    from keras_rnnlm.export import export_saved_model
+
+    model, vocab = tiny
+    export_saved_model(model, vocab, tmp_path / "saved", allow_untrained=True)
+    args = ["export", str(tmp_path / "saved"), str(tmp_path / "lite"), "--format", "litert"]
+    assert main([*args, "--sequence-length", "4"]) == 0
+    assert "litert model written" in capsys.readouterr().out
+    assert {"step.tflite", "score.tflite", "vocabulary.json"} <= {
+        p.name for p in (tmp_path / "lite").iterdir()
+    }
+    assert not {"FlexDelegate", "CUSTOM"} & set(litert_op_names(tmp_path / "lite" / "step.tflite"))
+    onnx = ["export", str(tmp_path / "saved"), str(tmp_path / "onnx"), "--format", "onnx"]
+    assert main([*onnx, "--quantize"]) == 2  # bad input: --quantize is a LiteRT option
+    assert not (tmp_path / "onnx").exists()
