@@ -146,12 +146,10 @@ def score_file_with_progress(
 
     >>> score_file_with_progress(model, vocab, open("test.txt").read().splitlines())
     """
-    import math
-
     from keras_rnnlm.progress import Progress, chunks
-    from keras_rnnlm.scoring import text_perplexity
+    from keras_rnnlm.scoring import text_perplexity, text_summary
 
-    sentences = [s for s in sentences if vocabulary.encode(s)]
+    sentences = [s for s, ids in zip(sentences, vocabulary.encode_batch(list(sentences))) if ids]
     if not sentences:
         raise ValueError("The text holds no token.")
     log_prob = tokens = count = 0
@@ -162,12 +160,4 @@ def score_file_with_progress(
             tokens += result["tokens"]
             count += result["sentences"]
             progress.update(len(part))
-    nll = -log_prob / tokens
-    return {
-        "perplexity": math.exp(nll),
-        "log_prob": log_prob,
-        "nll_per_token": nll,
-        "bits_per_token": nll / math.log(2),
-        "tokens": tokens,
-        "sentences": count,
-    }
+    return text_summary(log_prob, tokens, count)

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rnnlm.data.vocabulary import BOS_ID, EOS_ID
-from keras_rnnlm.evaluation import sequence_nll_function
+from keras_rnnlm.evaluation import perplexity_summary, sequence_nll_function
 from keras_rnnlm.losses import token_nll
 
 
@@ -170,12 +170,10 @@ def text_perplexity(model, vocabulary, sentences: Sequence[str], batch_size: int
     scores = score_ids(model, encoded, batch_size, vocabulary.start_id)
     total = sum(s.log_prob for s in scores)
     tokens = sum(s.num_tokens for s in scores)
-    nll = -total / tokens
-    return {
-        "perplexity": math.exp(nll),
-        "log_prob": total,
-        "nll_per_token": nll,
-        "bits_per_token": nll / math.log(2),
-        "tokens": tokens,
-        "sentences": len(scores),
-    }
+    return text_summary(total, tokens, len(scores))
+
+
+def text_summary(log_prob: float, tokens: int, sentences: int) -> dict:
+    """``text_perplexity``'s dict from the totals: ``perplexity_summary`` of the NLL plus
+    ``log_prob`` and ``sentences``."""
+    return {**perplexity_summary(-log_prob, tokens), "log_prob": log_prob, "sentences": sentences}
