@@ -166,9 +166,6 @@ def perplexity_summary(total_nll: float, total_tokens: float) -> dict:
     }
 
 
-_perplexity_summary = perplexity_summary  # the name training.py used
-
-
 def _summary(units_nll, units_tokens, return_units):
     units_nll = np.concatenate(units_nll) if units_nll else np.zeros(0)
     units_tokens = np.concatenate(units_tokens) if units_tokens else np.zeros(0)

@@ -9,10 +9,9 @@ import keras
 from keras_rnnlm.bidirectional import Bidirectional, reverse_padded
 from keras_rnnlm.cells import get_cell
 from keras_rnnlm.fast import check_implementation
-from keras_rnnlm.recurrent import Recurrent, _as_list, as_list
+from keras_rnnlm.recurrent import Recurrent, as_list
 
 __all__ = ["Bidirectional", "Recurrent", "StackedRecurrent", "as_list", "reverse_padded"]
-__all__ += ["_as_list"]  # the old private name (samplers, gradients)
 
 _PACKAGE = "keras_rnnlm"
 

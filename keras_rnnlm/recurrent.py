@@ -27,9 +27,6 @@ def as_list(states):
     return list(states) if isinstance(states, (list, tuple)) else [states]
 
 
-_as_list = as_list  # the old private name, still imported by other modules
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Recurrent(keras.layers.Layer):
     """Runs a recurrent cell over the time axis.

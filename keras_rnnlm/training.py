@@ -221,7 +221,6 @@ PRESETS = {
 
 
 # Exact evaluation lives in keras_rnnlm.evaluation (the one exact-NLL loop); re-exported here.
-from keras_rnnlm.evaluation import _perplexity_summary as _perplexity_summary  # noqa: E402
 from keras_rnnlm.evaluation import evaluate_perplexity as evaluate_perplexity  # noqa: E402
 from keras_rnnlm.evaluation import (  # noqa: E402
     evaluate_stream_perplexity as evaluate_stream_perplexity,

@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from keras_rnnlm.data.vocabulary import Vocabulary
+from keras_rnnlm.export.server import state_names  # one naming of the flat states
 from keras_rnnlm.models import RNNLanguageModel
 
 #: ``export_model`` formats.
@@ -31,15 +32,6 @@ FORMATS = ("litert", "onnx")
 SCORE_SEQUENCE_LENGTH = 64
 CARD_FILE = "model_card.json"
 VOCABULARY_FILE = "vocabulary.json"
-
-
-def state_names(model: RNNLanguageModel) -> list[str]:
-    """Flat names of the recurrent states: ``h_0, c_0, h_1, c_1`` (LSTM) or ``h_0, h_1``."""
-    names = []
-    for layer, sizes in enumerate(model.state_sizes):
-        letters = ["h", "c"] if len(sizes) == 2 else ["h"]
-        names += [f"{letter}_{layer}" for letter in letters]
-    return names
 
 
 def state_sizes(model: RNNLanguageModel) -> list[int]:

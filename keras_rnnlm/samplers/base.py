@@ -40,7 +40,7 @@ _UNIFORM_BITS = 24  # float32 holds every multiple of 2**-24 in [0, 1) exactly
 DEFAULT_SUPPRESSED_IDS = (PAD_ID, UNK_ID, BOS_ID)
 
 
-def _as_list(states):
+def as_state_list(states):
     return list(states) if isinstance(states, (list, tuple)) else [states]
 
 
@@ -79,7 +79,7 @@ def prefill(model, prompt_ids):
     hidden, states = model.rnn(x, mask=mask, training=False)  # (batch, time, units)
     lengths = tf.reduce_sum(tf.cast(mask, "int32"), axis=1)  # (batch,)
     last = tf.gather(hidden, tf.maximum(lengths - 1, 0), batch_dims=1)  # (batch, units)
-    return model.logits_from_hidden(last), [_as_list(s) for s in states]
+    return model.logits_from_hidden(last), [as_state_list(s) for s in states]
 
 
 def decode_step(model, token_ids, states):
@@ -104,7 +104,7 @@ def decode_step(model, token_ids, states):
     >>> logits, states = prefill(model, prompt_ids)
     >>> logits, states = decode_step(model, ops.argmax(logits, -1), states)
     """
-    return model.step(token_ids, [_as_list(layer_states) for layer_states in states])
+    return model.step(token_ids, [as_state_list(layer_states) for layer_states in states])
 
 
 def stateless_uniform(seed, batch_size):
@@ -138,7 +138,7 @@ def draw(weights, seed):
     return tf.minimum(index, last_positive)  # rounding can put the threshold at the total
 
 
-def _is_python_number(value):
+def is_python_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -186,7 +186,7 @@ class Sampler:
         seed: int | None = None,
         suppressed_token_ids: Sequence[int] = DEFAULT_SUPPRESSED_IDS,
     ):
-        if _is_python_number(temperature) and temperature <= 0:
+        if is_python_number(temperature) and temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.temperature = temperature
         self.seed = seed

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_rnnlm.samplers.base import PACKAGE, Sampler, _is_python_number, draw
+from keras_rnnlm.samplers.base import PACKAGE, Sampler, draw, is_python_number
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -25,7 +25,7 @@ class TopKSampler(Sampler):
 
     def __init__(self, k: int = 5, **kwargs):
         super().__init__(**kwargs)
-        if _is_python_number(k):
+        if is_python_number(k):
             if k < 1:
                 raise ValueError(f"k must be >= 1, got {k}.")
             k = int(k)

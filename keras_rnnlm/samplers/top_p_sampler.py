@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_rnnlm.samplers.base import PACKAGE, Sampler, _is_python_number, draw
+from keras_rnnlm.samplers.base import PACKAGE, Sampler, draw, is_python_number
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -27,7 +27,7 @@ class TopPSampler(Sampler):
 
     def __init__(self, p: float = 0.9, k: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        if _is_python_number(p):
+        if is_python_number(p):
             if not 0.0 < p <= 1.0:
                 raise ValueError(f"p must be in (0, 1], got {p}.")
             p = float(p)
