@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rnnlm.gradient_monitor import GradientNormMonitor
+from keras_rnnlm.layers import residual_connection
 from keras_rnnlm.models import check_token_ids
 from keras_rnnlm.plotting import plot_gradient_norm_trace, plot_norms_by_distance
 from keras_rnnlm.recurrent import as_list
@@ -141,9 +142,7 @@ def last_position_loss(
             if delta_h is not None:
                 states[0] = states[0] + delta_h
             outputs.append(states[0])  # the output of every cell here is its state h
-        if model.rnn.residual and layer > 0 and outputs[0].shape[-1] == sequence[0].shape[-1]:
-            outputs = [y + x for y, x in zip(outputs, sequence)]
-        sequence = outputs
+        sequence = residual_connection(model.rnn.residual, layer, outputs, sequence)
     logits = model.logits_from_hidden(sequence[-1])
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(targets, "int32"), logits=logits
@@ -294,9 +293,7 @@ def jacobian_spectrum(model: keras.Model, token_ids, layer: int = 0) -> dict:
                 _, states = cell.call(sequence[t], states)
                 states = as_list(states)
             outputs.append(states[0])
-        if model.rnn.residual and index > 0 and outputs[0].shape[-1] == sequence[0].shape[-1]:
-            outputs = [y + x for y, x in zip(outputs, sequence)]
-        sequence = outputs
+        sequence = residual_connection(model.rnn.residual, index, outputs, sequence)
     step = np.stack(singular, axis=1)
     kernel = np.asarray(cells[layer].recurrent_kernel, np.float64)
     units = kernel.shape[0]

@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_rnnlm.data.vocabulary import PAD_ID, Vocabulary
+from keras_rnnlm.layers import residual_connection
 from keras_rnnlm.models import RNNLanguageModel
 
 #: The arrays ``lstm_gate_activations`` returns, in the lecture's notation.
@@ -74,8 +75,7 @@ def lstm_gate_activations(model: RNNLanguageModel, token_ids, layer: int = 0) ->
     x = model.embedding(token_ids)  # (batch, time, embedding_dim)
     for index, below in enumerate(model.rnn.rnn_layers[:layer]):
         out = below(x, mask=ops.convert_to_tensor(mask), training=False)[0]
-        residual = model.residual and index > 0 and out.shape[-1] == x.shape[-1]
-        x = out + x if residual else out  # as StackedRecurrent.call
+        x = residual_connection(model.residual, index, out, x)  # as StackedRecurrent.call
     cell = model.rnn.rnn_layers[layer].cell
     kernel, recurrent_kernel = (np.asarray(w, np.float32) for w in cell.get_weights()[:2])
     bias = np.asarray(cell.get_weights()[2], np.float32) if len(cell.get_weights()) > 2 else 0.0

@@ -11,9 +11,32 @@ from keras_rnnlm.cells import get_cell
 from keras_rnnlm.fast import check_implementation
 from keras_rnnlm.recurrent import Recurrent, as_list
 
-__all__ = ["Bidirectional", "Recurrent", "StackedRecurrent", "as_list", "reverse_padded"]
+__all__ = [
+    "Bidirectional",
+    "Recurrent",
+    "StackedRecurrent",
+    "as_list",
+    "residual_connection",
+    "reverse_padded",
+]
 
 _PACKAGE = "keras_rnnlm"
+
+
+def residual_connection(residual: bool, index: int, outputs, inputs):
+    """The one residual rule of a stack: ``outputs + inputs`` for layer ``index > 0`` when
+    ``residual`` is on and the widths match (the first layer reads the embeddings, so it never
+    adds them); ``outputs`` otherwise. Works on tensors and on lists of per-step tensors.
+
+    Example:
+
+    >>> residual_connection(True, 1, ops.ones((2, 4)), ops.ones((2, 4)))  # all 2.0
+    """
+    if isinstance(outputs, (list, tuple)):
+        return [residual_connection(residual, index, y, x) for y, x in zip(outputs, inputs)]
+    if residual and index > 0 and outputs.shape[-1] == inputs.shape[-1]:
+        return outputs + inputs
+    return outputs
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -149,8 +172,7 @@ class StackedRecurrent(keras.layers.Layer):
                 kwargs["initial_state"] = list(initial_state[i])
             result = layer(layer_input, **kwargs)
             y, states = result[0], list(result[1:])
-            if self.residual and i > 0 and y.shape[-1] == x.shape[-1]:
-                y = y + x
+            y = residual_connection(self.residual, i, y, x)
             final_states.append(states)
             x = y
         return self.dropout_layers[-1](x, training=training), final_states

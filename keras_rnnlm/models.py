@@ -17,6 +17,7 @@ from keras_rnnlm.fast import bf16_matmul_is_fast, check_implementation
 from keras_rnnlm.fast import train_step as fast_dispatch
 from keras_rnnlm.fast.output_layer import low_precision_dense
 from keras_rnnlm.fast.train_step import JIT_RECURRENCE  # noqa: F401  (old home)
+from keras_rnnlm.layers import residual_connection
 
 _PACKAGE = "keras_rnnlm"
 OUTPUT_DTYPES = ("auto", "float32", "bfloat16")
@@ -240,8 +241,7 @@ class RNNLanguageModel(keras.Model):
             else:
                 h, layer_states = layer.cell.step(layer.cell.project_inputs(x), list(states[i]))
             layer_states = [ops.where(keep, new, old) for new, old in zip(layer_states, states[i])]
-            if self.residual and i > 0 and h.shape[-1] == x.shape[-1]:
-                h = h + x
+            h = residual_connection(self.residual, i, h, x)
             new_states.append(layer_states)
             x = h
         return self.logits_from_hidden(x), new_states

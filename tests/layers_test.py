@@ -203,3 +203,22 @@ def test_implementation_is_serialized_and_fast_equals_reference(cell):
     assert StackedRecurrent.from_config(stack.get_config()).implementation == "fast"
     with pytest.raises(ValueError, match="implementation"):
         Recurrent(cell(4), implementation="cudnn")
+
+
+def test_residual_connection_is_the_one_rule_of_the_stack():
+    from keras_rnnlm.layers import residual_connection
+
+    y, x = np.full((2, 4), 3.0, "float32"), np.ones((2, 4), "float32")
+    np.testing.assert_array_equal(residual_connection(True, 1, y, x), y + x)
+    np.testing.assert_array_equal(residual_connection(True, 0, y, x), y)  # reads embeddings
+    np.testing.assert_array_equal(residual_connection(False, 1, y, x), y)
+    np.testing.assert_array_equal(residual_connection(True, 1, y, np.ones((2, 5))), y)  # widths
+    steps = residual_connection(True, 2, [y, 2 * y], [x, x])
+    np.testing.assert_array_equal(np.stack(steps), np.stack([y + x, 2 * y + x]))
+    # the stack applies it: a residual 2-layer stack = layer 1's output + layer 0's output
+    stack = StackedRecurrent(cell="simple_rnn", units=4, num_layers=2, residual=True)
+    inputs = np.random.default_rng(0).normal(size=(2, 3, 4)).astype("float32")
+    out, _ = stack(inputs)
+    first = stack.rnn_layers[0](inputs)[0]
+    second = stack.rnn_layers[1](first)[0]
+    np.testing.assert_allclose(out, np.asarray(first) + np.asarray(second), atol=1e-6)
