@@ -139,7 +139,8 @@ def load_any_model(path) -> tuple[RNNLanguageModel, Vocabulary, dict]:
             {"kind": "export", "mode": _training_mode(card, vocabulary), "path": str(path)},
         )
     raise FileNotFoundError(
-        f"{path} is neither a keras-rnnlm run ({MODEL_FILE}) nor an export (model_card.json)."
+        f"{path} is not a keras-rnnlm run: {MODEL_FILE} is missing (nor an export: no "
+        "model_card.json)."
     )
 
 
