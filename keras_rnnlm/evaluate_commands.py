@@ -16,82 +16,103 @@ import json
 from keras_rnnlm import constants
 
 
-def _add_interval_options(p):
+def _add_command(subparsers, common, name: str, help: str, models: tuple[str, ...], func):
+    """A subparser for ``name`` taking ``models`` (run or export), ``--test-file`` and the
+    interval options."""
+    p = subparsers.add_parser(
+        name,
+        help=help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[common],
+    )
+    for dest in models:
+        p.add_argument(dest, metavar=dest.upper(), help="run directory or SavedModel export")
+    p.add_argument("--test-file", required=True, help="text, one sentence per line")
     p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass")
     p.add_argument("--window", type=int, default=256, help="stream mode: tokens per step")
     p.add_argument("--bootstrap-b", type=int, default=1000, help="bootstrap replicates")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--block", type=int, default=2, help="stream mode: windows per resampled block")
+    p.set_defaults(func=func)
+    return p
 
 
-def add_evaluate_parser(subparsers, common):
-    p = subparsers.add_parser(
+def _interval_options(args) -> dict:
+    return {
+        "batch_size": args.batch_size,
+        "window": args.window,
+        "B": args.bootstrap_b,
+        "seed": args.seed,
+        "block": args.block,
+    }
+
+
+def add_evaluate_parser(subparsers, common) -> None:
+    """Register ``evaluate MODEL --test-file F [--mode] [interval options]``.
+
+    Args:
+        subparsers: the ``keras-rnnlm`` subparsers action.
+        common: the parent parser of the options every command takes.
+    """
+    p = _add_command(
+        subparsers,
+        common,
         "evaluate",
-        help="perplexity (with a 95%% bootstrap interval) of a run, an export or a shipped "
+        "perplexity (with a 95%% bootstrap interval) of a run, an export or a shipped "
         "model on a text file, read as the model was trained (sentences or one stream)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        parents=[common],
+        ("model",),
+        _evaluate,
     )
-    p.add_argument("run_dir", metavar="MODEL", help="run directory or SavedModel export")
-    p.add_argument("--test-file", required=True, help="text, one sentence per line")
     p.add_argument(
         "--mode",
         choices=constants.MODES,
         help="override how the text is read (default: how the model was trained)",
     )
-    _add_interval_options(p)
-    p.set_defaults(func=_evaluate)
 
 
 def _evaluate(args):
     from keras_rnnlm.runs import evaluate_text_file
 
-    result = evaluate_text_file(
-        args.run_dir,
-        args.test_file,
-        args.batch_size,
-        mode=args.mode,
-        window=args.window,
-        B=args.bootstrap_b,
-        seed=args.seed,
-        block=args.block,
-    )
+    options = _interval_options(args)
+    result = evaluate_text_file(args.model, args.test_file, mode=args.mode, **options)
     print(json.dumps(result, indent=2))
     return 0
 
 
-def add_compare_parser(subparsers, common):
-    p = subparsers.add_parser(
+def add_compare_parser(subparsers, common) -> None:
+    """Register ``compare A B --test-file F [interval options]``.
+
+    Args:
+        subparsers: the ``keras-rnnlm`` subparsers action.
+        common: the parent parser of the options every command takes.
+    """
+    _add_command(
+        subparsers,
+        common,
         "compare",
-        help="paired-bootstrap difference log ppl(B) - log ppl(A) of two models on a text file",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        parents=[common],
+        "paired-bootstrap difference log ppl(B) - log ppl(A) of two models on a text file "
+        "(refused when they tokenize differently)",
+        ("model_a", "model_b"),
+        _compare,
     )
-    p.add_argument("model_a", help="run directory or SavedModel export")
-    p.add_argument("model_b", help="run directory or SavedModel export")
-    p.add_argument("--test-file", required=True, help="text, one sentence per line")
-    _add_interval_options(p)
-    p.set_defaults(func=_compare)
 
 
 def _compare(args):
     from keras_rnnlm.runs import compare_text_file
 
-    result = compare_text_file(
-        args.model_a,
-        args.model_b,
-        args.test_file,
-        args.batch_size,
-        window=args.window,
-        B=args.bootstrap_b,
-        seed=args.seed,
-        block=args.block,
-    )
+    options = _interval_options(args)
+    result = compare_text_file(args.model_a, args.model_b, args.test_file, **options)
     print(json.dumps(result, indent=2))
     return 0
 
 
-def add_score_parser(subparsers, common):
+def add_score_parser(subparsers, common) -> None:
+    """Register ``score MODEL (--text T | --file F [--jsonl])``.
+
+    Args:
+        subparsers: the ``keras-rnnlm`` subparsers action.
+        common: the parent parser of the options every command takes.
+    """
     p = subparsers.add_parser(
         "score",
         help="log-probability of sentences and perplexity of a text under a run's or an "

@@ -104,16 +104,11 @@ def bootstrap_perplexity(
 ) -> list[float]:
     """Percentile bootstrap interval of the perplexity ``exp(sum(nll) / sum(tokens))``.
 
-    Args:
-        nll: per-unit NLL sums (nats).
-        tokens: per-unit real-token counts.
-        B: bootstrap replicates.
-        seed: seed of the resampling.
-        level: coverage of the interval.
+    Args and resampling as ``bootstrap_log_perplexity``; the percentile interval is invariant
+    under the monotone ``exp``, so this is its ``exp``.
 
     Returns:
-        ``[low, high]`` perplexities (``exp`` of ``bootstrap_log_perplexity``: the percentile
-        interval is invariant under the monotone ``exp``).
+        ``[low, high]`` perplexities.
 
     Example:
 
