@@ -175,3 +175,25 @@ def test_compare_refuses_models_that_tokenize_differently(stream_run, capsys, tm
     )
     assert code == 2 and out == ""
     assert ("lowercase" if change == "lowercase" else "different vocabularies") in err
+
+
+def test_shipped_char_model_is_read_as_a_stream_and_left_untouched(
+    shakespeare_dir, capsys, tmp_path
+):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "saved_models" / "shakespeare_char_lstm"
+    lines = (shakespeare_dir / "input.txt").read_text().splitlines()[:60]
+    text = tmp_path / "scene.txt"
+    text.write_text("\n".join(lines) + "\n")
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in shipped.rglob("*"))
+    code, out, _ = _run_cli(
+        capsys, "evaluate", str(shipped), "--test-file", str(text), "--window", "64"
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["mode"] == "stream" and result["bootstrap"]["unit"] == "block"
+    # characters of the training text: far better than a uniform guess over the vocabulary
+    vocabulary_size = len(json.loads((shipped / "vocabulary.json").read_text())["tokens"])
+    assert result["perplexity_ci95"][1] < vocabulary_size / 4
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in shipped.rglob("*")) == before
