@@ -55,6 +55,8 @@ _EXPORTS = {
     "generate_text": "keras_rnnlm.samplers",
     "generate_with_model": "keras_rnnlm.samplers",
     "load_preset": "keras_rnnlm.presets",
+    "bootstrap_perplexity": "keras_rnnlm.intervals",
+    "paired_bootstrap_difference": "keras_rnnlm.intervals",
     "save_to_preset": "keras_rnnlm.presets",
     "TrainingSummaries": "keras_rnnlm.summaries",
     "evaluate_stream_perplexity": "keras_rnnlm.evaluation",

@@ -1,4 +1,4 @@
-"""``keras-rnnlm`` command line: train | evaluate | export | generate | score.
+"""``keras-rnnlm`` command line: train | evaluate | export | generate | score | compare.
 
 Building the parser imports neither TensorFlow nor Keras (the choices come from
 ``keras_rnnlm.constants``), so ``--help`` is instant. ``main`` then silences TensorFlow's C++
@@ -13,7 +13,6 @@ last good checkpoint is kept).
 
 import argparse
 import dataclasses
-import json
 import sys
 import traceback
 from collections.abc import Sequence
@@ -189,26 +188,15 @@ def _train(args):
 
 
 def _add_evaluate_parser(subparsers, common):
-    p = subparsers.add_parser(
-        "evaluate",
-        help="perplexity of a trained run's model on a text file",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=cli_help.EXAMPLES["evaluate"],
-        parents=[common],
-    )
-    p.add_argument("run_dir")
-    p.add_argument("--test-file", required=True, help="text, one sentence per line")
-    p.add_argument("--batch-size", type=int, default=32)
-    cli_help.add_quiet_option(p)
-    p.set_defaults(func=_evaluate)
+    from keras_rnnlm.evaluate_commands import add_evaluate_parser
+
+    add_evaluate_parser(subparsers, common)
 
 
-def _evaluate(args):
-    from keras_rnnlm.runs import evaluate_text_file
+def _add_compare_parser(subparsers, common):
+    from keras_rnnlm.evaluate_commands import add_compare_parser
 
-    result = evaluate_text_file(args.run_dir, args.test_file, args.batch_size)
-    print(json.dumps(result, indent=2))
-    return 0
+    add_compare_parser(subparsers, common)
 
 
 def _add_generate_parser(subparsers, common):
@@ -295,44 +283,9 @@ def _generate(args):
 
 
 def _add_score_parser(subparsers, common):
-    p = subparsers.add_parser(
-        "score",
-        help="log-probability of sentences and perplexity of a text under a run's model",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=cli_help.EXAMPLES["score"],
-        parents=[common],
-    )
-    p.add_argument("run_dir")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--text", help="one sentence: per-token log-probabilities and total")
-    source.add_argument("--file", help="text, one sentence per line: perplexity (JSON)")
-    p.add_argument("--batch-size", type=int, default=32)
-    cli_help.add_quiet_option(p)
-    p.set_defaults(func=_score)
+    from keras_rnnlm.evaluate_commands import add_score_parser
 
-
-def _score(args):
-    from keras_rnnlm.runs import load_run
-    from keras_rnnlm.scoring import score_sentences, text_perplexity
-
-    model, vocabulary = load_run(args.run_dir)
-    if args.text is not None:
-        if not vocabulary.encode(args.text):
-            raise ValueError("--text holds no token.")
-        (score,) = score_sentences(model, vocabulary, [args.text])
-        for token, log_prob in zip(score.tokens, score.token_log_probs, strict=True):
-            print(f"{token}\t{log_prob:.4f}")
-        print(
-            f"log_prob {score.log_prob:.4f}  tokens {score.num_tokens}  "
-            f"perplexity {score.perplexity:.2f}"
-        )
-        return 0
-    with open(args.file, encoding="utf-8") as f:
-        sentences = [line.strip() for line in f if line.strip()]
-    result = text_perplexity(model, vocabulary, sentences, args.batch_size)
-    result["file"] = str(args.file)
-    print(json.dumps(result, indent=2))
-    return 0
+    add_score_parser(subparsers, common)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(subparsers, common)
     _add_generate_parser(subparsers, common)
     _add_score_parser(subparsers, common)
+    _add_compare_parser(subparsers, common)
     return parser
 
 

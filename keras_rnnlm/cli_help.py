@@ -21,8 +21,11 @@ EXAMPLES = {
   keras-rnnlm train --train-file my.txt --valid-file my_valid.txt --epochs 3 --output my_run
 An interrupted run resumes when the same command is run again.""",
     "evaluate": """Example:
-  keras-rnnlm evaluate rnnlm_run --test-file test.txt          # JSON on stdout
+  keras-rnnlm evaluate rnnlm_run --test-file test.txt          # JSON on stdout, with a 95% CI
+  keras-rnnlm evaluate saved_models/ptb_word_lstm_small --test-file ptb.test.txt  # as a stream
   keras-rnnlm evaluate rnnlm_run --test-file test.txt --quiet | jq .perplexity""",
+    "compare": """Example:
+  keras-rnnlm compare run_a run_b --test-file test.txt   # log ppl(B) - log ppl(A), paired CI""",
     "export": """Example:
   keras-rnnlm export rnnlm_run rnnlm_export
   saved_model_cli show --dir rnnlm_export --all      # the signatures (plain TensorFlow)
@@ -36,7 +39,8 @@ In Python: keras_rnnlm.presets.load_preset("rnnlm_export") rebuilds the Keras mo
 included, plus the generated ones.""",
     "score": """Example:
   keras-rnnlm score rnnlm_run --text "the cat sat on the mat"   # per-token log-probabilities
-  keras-rnnlm score rnnlm_run --file test.txt > ppl.json        # perplexity as JSON""",
+  keras-rnnlm score rnnlm_run --file test.txt > ppl.json        # perplexity as JSON
+  keras-rnnlm score rnnlm_run --file test.txt --jsonl           # one JSON line per sentence""",
 }
 
 

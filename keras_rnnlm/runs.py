@@ -11,10 +11,19 @@ import json
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from keras_rnnlm.data.corpora import text_files_corpus
-from keras_rnnlm.data.pipelines import sentence_dataset
+from keras_rnnlm.data.pipelines import token_stream
 from keras_rnnlm.data.vocabulary import Vocabulary
+from keras_rnnlm.evaluation import evaluate_stream_perplexity, perplexity_summary
+from keras_rnnlm.intervals import (
+    DEFAULT_B,
+    DEFAULT_SEED,
+    block_units,
+    bootstrap_perplexity,
+    paired_bootstrap_difference,
+)
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.run_config import (
     BACKUP_DIR,
@@ -35,7 +44,7 @@ from keras_rnnlm.run_config import (
     stateless_copy,
 )
 from keras_rnnlm.run_training import SaveModelEachEpoch, TrainingDivergedError, train
-from keras_rnnlm.training import evaluate_perplexity
+from keras_rnnlm.scoring import score_ids
 
 __all__ = [
     "BACKUP_DIR",
@@ -53,10 +62,13 @@ __all__ = [
     "TrainingDivergedError",
     "build_model",
     "build_vocabulary",
+    "compare_text_file",
     "evaluate_text_file",
+    "load_any_model",
     "load_config_corpus",
     "load_run",
     "make_dataset",
+    "score_text_units",
     "stateless_copy",
     "train",
 ]
@@ -79,16 +91,244 @@ def load_run(directory) -> tuple[RNNLanguageModel, Vocabulary]:
     return stateless_copy(model), vocabulary
 
 
-def evaluate_text_file(directory, text_file, batch_size: int = 32) -> dict:
-    """Perplexity of a run's model on a text file (sentence mode); also written to the run."""
-    model, vocabulary = load_run(directory)
+def _training_mode(card: dict, vocabulary: Vocabulary) -> str:
+    mode = card.get("mode") or (card.get("train_config") or {}).get("mode")
+    if mode in MODES:
+        return mode
+    return "stream" if vocabulary.separates_with_eos else "sentence"  # <eos> starts: a stream
+
+
+def load_any_model(path) -> tuple[RNNLanguageModel, Vocabulary, dict]:
+    """A stateless model, its vocabulary and how it was trained, from a run or an export.
+
+    Args:
+        path: a run directory (``model.keras``, ``config.json``) or a SavedModel export
+            (``model_card.json``, e.g. ``saved_models/ptb_word_lstm_small``), rebuilt by
+            ``keras_rnnlm.inspection.load_language_model`` (nothing is written into it).
+
+    Returns:
+        ``(model, vocabulary, info)``; ``info`` is ``{"kind": "run" | "export", "mode":
+        "sentence" | "stream", "path": str}``. The mode is the run's ``config.json`` or the
+        export's ``model_card.json`` setting; without one, models whose sentences start with
+        ``<eos>`` (``Vocabulary.separates_with_eos``) were trained on a stream.
+
+    Example:
+
+    >>> model, vocabulary, info = load_any_model("saved_models/ptb_word_lstm_small")
+    >>> info["mode"]
+    'stream'
+    """
+    path = Path(path)
+    if (path / MODEL_FILE).is_file():
+        model, vocabulary = load_run(path)
+        config_path = path / CONFIG_FILE
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        return (
+            model,
+            vocabulary,
+            {"kind": "run", "mode": _training_mode(config, vocabulary), "path": str(path)},
+        )
+    if (path / "model_card.json").is_file():
+        from keras_rnnlm.inspection import load_language_model
+
+        model, vocabulary = load_language_model(path)
+        card = json.loads((path / "model_card.json").read_text())
+        return (
+            model,
+            vocabulary,
+            {"kind": "export", "mode": _training_mode(card, vocabulary), "path": str(path)},
+        )
+    raise FileNotFoundError(
+        f"{path} is not a keras-rnnlm run: {MODEL_FILE} is missing (nor an export: no "
+        "model_card.json)."
+    )
+
+
+def score_text_units(
+    model,
+    vocabulary: Vocabulary,
+    text_file,
+    mode: str,
+    batch_size: int = 32,
+    window: int = 256,
+) -> dict:
+    """Per-unit NLL sums and token counts of a text file, read the way the model was trained.
+
+    Args:
+        model: a stateless ``RNNLanguageModel``.
+        vocabulary: its ``Vocabulary``.
+        text_file: text, one sentence per line (blank lines are skipped).
+        mode: ``"sentence"``: every sentence scored from a zero state (units: sentences);
+            ``"stream"``: the sentences joined by ``<eos>`` into one stream read with the state
+            carried, batch 1 (``evaluate_stream_perplexity``; units: windows).
+        batch_size: sentences per forward pass (sentence mode).
+        window: tokens per step (stream mode).
+
+    Returns:
+        ``perplexity_summary`` keys plus ``"units": {"nll", "tokens"}`` and ``"mode"``.
+
+    Example:
+
+    >>> score_text_units(model, vocabulary, "test.txt", "stream")["units"]["nll"].shape
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     lines = text_files_corpus(text_file).train
     sentences = [ids for ids in vocabulary.encode_batch(lines) if ids]  # one tokenizer call
     if not sentences:
         raise ValueError(f"{text_file} holds no text.")
-    dataset = sentence_dataset(sentences, batch_size, shuffle=False, start_id=vocabulary.start_id)
-    result = evaluate_perplexity(model, dataset)
-    result["file"] = str(text_file)
-    out = Path(directory) / f"evaluate_{Path(text_file).stem}.json"
-    out.write_text(json.dumps(result, indent=2))
+    if mode == "stream":
+        result = evaluate_stream_perplexity(
+            model, token_stream(sentences), window=window, return_units=True
+        )
+    else:
+        scores = score_ids(model, sentences, batch_size, vocabulary.start_id)
+        nll = np.asarray([-s.log_prob for s in scores], np.float64)
+        tokens = np.asarray([s.num_tokens for s in scores], np.float64)
+        result = perplexity_summary(float(nll.sum()), float(tokens.sum()))
+        result["units"] = {"nll": nll, "tokens": tokens}
+    result["mode"] = mode
     return result
+
+
+def _bootstrap_units(result: dict, block: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The resampled units: sentences, or contiguous blocks of ``block`` stream windows."""
+    units = result["units"]
+    if result["mode"] == "stream":
+        nll, tokens = block_units(units["nll"], units["tokens"], block)
+        return nll, tokens, {"unit": "block", "windows_per_block": block}
+    return units["nll"], units["tokens"], {"unit": "sentence"}
+
+
+def evaluate_text_file(
+    directory,
+    text_file,
+    batch_size: int = 32,
+    mode: str | None = None,
+    window: int = 256,
+    B: int = DEFAULT_B,
+    seed: int = DEFAULT_SEED,
+    block: int = 2,
+) -> dict:
+    """Perplexity, with a 95% bootstrap interval, of a run's or an export's model on a file.
+
+    Stream-trained models are evaluated as a stream (state carried, batch 1), sentence-trained
+    ones per sentence (``score_text_units``). The interval resamples sentences, or contiguous
+    blocks of ``block`` windows of ``window`` tokens for a stream (``keras_rnnlm.intervals``).
+    The result is also written to a run directory (``evaluate_<stem>.json``), never into an
+    export.
+
+    Args:
+        directory: a run directory or an export (``load_any_model``).
+        text_file: text, one sentence per line.
+        batch_size: sentences per forward pass (sentence mode).
+        mode: ``"sentence"`` or ``"stream"``; default: how the model was trained.
+        window: tokens per stream step.
+        B: bootstrap replicates.
+        seed: seed of the resampling.
+        block: windows per resampled block (stream mode).
+
+    Returns:
+        ``{"perplexity", "perplexity_ci95", "tokens", "bootstrap": {"B", "unit", "seed"...},
+        "nll_per_token", "bits_per_token", "mode", "file", "model"}``.
+
+    Example:
+
+    >>> evaluate_text_file("saved_models/ptb_word_lstm_small", "ptb.test.txt")["perplexity_ci95"]
+    """
+    model, vocabulary, info = load_any_model(directory)
+    result = score_text_units(
+        model, vocabulary, text_file, mode or info["mode"], batch_size, window
+    )
+    nll, tokens, unit = _bootstrap_units(result, block)
+    del result["units"]
+    result["perplexity_ci95"] = bootstrap_perplexity(nll, tokens, B=B, seed=seed)
+    result["bootstrap"] = {"B": B, **unit, "seed": seed, "units": len(nll)}
+    if result["mode"] == "stream":
+        result["window"] = window
+    result.update(file=str(text_file), model=str(directory))
+    if info["kind"] == "run":
+        out = Path(directory) / f"evaluate_{Path(text_file).stem}.json"
+        out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+#: vocabulary settings two compared models must share (besides the tokens themselves)
+COMPARED_SETTINGS = ("level", "lowercase", "pretokenized", "sentence_start")
+
+
+def compare_text_file(
+    directory_a,
+    directory_b,
+    text_file,
+    batch_size: int = 32,
+    window: int = 256,
+    B: int = DEFAULT_B,
+    seed: int = DEFAULT_SEED,
+    block: int = 2,
+) -> dict:
+    """Paired-bootstrap difference ``log ppl(B) - log ppl(A)`` of two models on one file.
+
+    Both models read the same units (sentences, or blocks of stream windows) of the same
+    tokens, and every bootstrap replicate resamples the same units for both.
+
+    Args:
+        directory_a: run or export of model A.
+        directory_b: run or export of model B.
+        text_file: text, one sentence per line.
+        batch_size: sentences per forward pass (sentence mode).
+        window: tokens per stream step.
+        B: bootstrap replicates.
+        seed: seed of the resampling.
+        block: windows per resampled block (stream mode).
+
+    Returns:
+        ``{"log_ppl_difference", "log_ppl_difference_ci95", "perplexity_a", "perplexity_b",
+        "tokens", "mode", "bootstrap"}``; the difference is positive when B is worse.
+
+    Raises:
+        ValueError: the models differ in vocabulary, tokenization (level, lowercase,
+            pretokenized, sentence start) or training mode, so their perplexities are not
+            over the same tokens.
+
+    Example:
+
+    >>> compare_text_file("runs/good", "runs/bad", "test.txt")["log_ppl_difference_ci95"]
+    """
+    model_a, vocabulary_a, info_a = load_any_model(directory_a)
+    model_b, vocabulary_b, info_b = load_any_model(directory_b)
+    config_a, config_b = vocabulary_a.get_config(), vocabulary_b.get_config()
+    for key in COMPARED_SETTINGS:
+        if config_a.get(key) != config_b.get(key):
+            raise ValueError(
+                f"The models tokenize differently: {key} is {config_a.get(key)!r} for "
+                f"{directory_a} and {config_b.get(key)!r} for {directory_b}."
+            )
+    if vocabulary_a.tokens != vocabulary_b.tokens:
+        raise ValueError(
+            f"{directory_a} and {directory_b} have different vocabularies "
+            f"({vocabulary_a.size} and {vocabulary_b.size} tokens): their perplexities are not "
+            "over the same tokens."
+        )
+    if info_a["mode"] != info_b["mode"]:
+        raise ValueError(
+            f"{directory_a} was trained in {info_a['mode']} mode and {directory_b} in "
+            f"{info_b['mode']} mode: they are not evaluated on the same units."
+        )
+    results = [
+        score_text_units(model, vocabulary_a, text_file, info_a["mode"], batch_size, window)
+        for model in (model_a, model_b)
+    ]
+    (nll_a, tokens_a, unit), (nll_b, tokens_b, _) = (_bootstrap_units(r, block) for r in results)
+    out = paired_bootstrap_difference(nll_a, tokens_a, nll_b, tokens_b, B=B, seed=seed)
+    out.update(
+        perplexity_a=results[0]["perplexity"],
+        perplexity_b=results[1]["perplexity"],
+        tokens=results[0]["tokens"],
+        mode=info_a["mode"],
+        bootstrap={"B": B, **unit, "seed": seed, "units": len(nll_a)},
+        file=str(text_file),
+        model_a=str(directory_a),
+        model_b=str(directory_b),
+    )
+    return out

@@ -1,0 +1,199 @@
+"""``keras-rnnlm evaluate`` / ``score --jsonl`` / ``compare`` on tiny runs and their exports."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from keras_rnnlm import cli
+
+WORDS = "the cat sat on the mat . a dog ran to the park . the bird sang in the tree ."
+
+
+def _write_corpus(directory):
+    rng = np.random.default_rng(0)
+    sentences = [s.strip() + " ." for s in WORDS.split(".") if s.strip()]
+    lines = [sentences[i] for i in rng.integers(0, len(sentences), size=240)]
+    (directory / "train.txt").write_text("\n".join(lines[:200]) + "\n")
+    (directory / "valid.txt").write_text("\n".join(lines[200:220]) + "\n")
+    (directory / "test.txt").write_text("\n".join(lines[220:]) + "\n\n")  # a blank line too
+
+
+@pytest.fixture(scope="module")
+def stream_run(tmp_path_factory):
+    """A tiny stream-trained run (its metrics.json holds the trainer's stream test figure)."""
+    from keras_rnnlm.runs import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("evaluate_cli")
+    _write_corpus(root)
+    config = TrainConfig(
+        train_file=str(root / "train.txt"),
+        valid_file=str(root / "valid.txt"),
+        test_file=str(root / "test.txt"),
+        mode="stream",
+        num_layers=1,
+        units=16,
+        embedding_dim=16,
+        batch_size=4,
+        num_steps=10,
+        epochs=4,
+        learning_rate=0.01,
+        verbose=0,
+        output=str(root / "run"),
+    )
+    metrics = train(config)
+    return root, metrics
+
+
+def _run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_evaluate_reads_a_stream_run_as_a_stream_with_an_interval(stream_run, capsys):
+    root, metrics = stream_run
+    code, out, _ = _run_cli(
+        capsys, "evaluate", str(root / "run"), "--test-file", str(root / "test.txt")
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["mode"] == "stream"
+    # the trainer's own stream evaluation (batch 1, state carried) of the same test split
+    assert result["perplexity"] == pytest.approx(metrics["test"]["perplexity"], rel=1e-5)
+    assert result["tokens"] == metrics["test"]["tokens"]
+    low, high = result["perplexity_ci95"]
+    assert low <= result["perplexity"] <= high
+    assert result["bootstrap"]["unit"] == "block" and result["bootstrap"]["B"] == 1000
+    assert result["bootstrap"]["seed"] == 0
+    # read per sentence instead, from zero states: other units and another figure
+    code, out, _ = _run_cli(
+        capsys,
+        "evaluate",
+        str(root / "run"),
+        "--test-file",
+        str(root / "test.txt"),
+        "--mode",
+        "sentence",
+    )
+    sentence = json.loads(out)
+    assert sentence["bootstrap"]["unit"] == "sentence"
+    assert sentence["perplexity"] != pytest.approx(result["perplexity"], rel=1e-4)
+
+
+def test_evaluate_and_score_an_export_without_writing_into_it(stream_run, capsys, tmp_path):
+    from keras_rnnlm.export import export_run
+
+    root, metrics = stream_run
+    export = export_run(root / "run", tmp_path / "export")
+
+    def listing():
+        return sorted((str(p.relative_to(export)), p.stat().st_mtime_ns) for p in export.rglob("*"))
+
+    before = listing()
+    code, out, _ = _run_cli(capsys, "evaluate", str(export), "--test-file", str(root / "test.txt"))
+    assert code == 0
+    result = json.loads(out)
+    assert result["mode"] == "stream"
+    assert result["perplexity"] == pytest.approx(metrics["test"]["perplexity"], rel=1e-4)
+    code, out, _ = _run_cli(
+        capsys, "score", str(export), "--file", str(root / "test.txt"), "--jsonl"
+    )
+    assert code == 0
+    assert listing() == before
+
+
+def test_score_jsonl_prints_one_object_per_sentence(stream_run, capsys):
+    from keras_rnnlm.runs import load_run
+    from keras_rnnlm.scoring import text_perplexity
+
+    root, _ = stream_run
+    test_file = root / "test.txt"
+    code, out, _ = _run_cli(capsys, "score", str(root / "run"), "--file", str(test_file), "--jsonl")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]  # stdout holds only JSON lines
+    texts = [line for line in test_file.read_text().splitlines() if line.strip()]
+    assert len(records) == len(texts)
+    assert [r["tokens"] for r in records] == [len(t.split()) + 1 for t in texts]  # + <eos>
+    model, vocabulary = load_run(root / "run")
+    reference = text_perplexity(model, vocabulary, texts)
+    nll = sum(r["nll"] for r in records) / sum(r["tokens"] for r in records)
+    assert np.exp(nll) == pytest.approx(reference["perplexity"], rel=1e-5)
+
+
+def _untrained_copy(run, target):
+    """The run with freshly initialised weights (same config, vocabulary and mode)."""
+    from keras_rnnlm.models import RNNLanguageModel
+    from keras_rnnlm.runs import load_run
+
+    shutil.copytree(run, target)
+    model, _ = load_run(run)
+    fresh = RNNLanguageModel.from_config(model.get_config())
+    fresh.build((None, None))
+    (target / "model.keras").unlink()
+    fresh.save(target / "model.keras")
+    return target
+
+
+def test_compare_finds_the_untrained_copy_worse(stream_run, capsys, tmp_path):
+    root, _ = stream_run
+    untrained = _untrained_copy(root / "run", tmp_path / "untrained")
+    test_file = str(root / "test.txt")
+    code, out, _ = _run_cli(
+        capsys, "compare", str(root / "run"), str(untrained), "--test-file", test_file
+    )
+    assert code == 0
+    result = json.loads(out)
+    low, high = result["log_ppl_difference_ci95"]
+    assert 0.0 < low <= result["log_ppl_difference"] <= high  # B (untrained) is worse
+    assert result["log_ppl_difference"] == pytest.approx(
+        np.log(result["perplexity_b"]) - np.log(result["perplexity_a"])
+    )
+    code, out, _ = _run_cli(
+        capsys, "compare", str(untrained), str(root / "run"), "--test-file", test_file
+    )
+    assert json.loads(out)["log_ppl_difference_ci95"][1] < 0.0
+
+
+@pytest.mark.parametrize("change", ["lowercase", "tokens"])
+def test_compare_refuses_models_that_tokenize_differently(stream_run, capsys, tmp_path, change):
+    root, _ = stream_run
+    other = tmp_path / "other"
+    shutil.copytree(root / "run", other)
+    vocabulary = json.loads((other / "vocabulary.json").read_text())
+    if change == "lowercase":
+        vocabulary["lowercase"] = True
+    else:
+        vocabulary["tokens"][0], vocabulary["tokens"][1] = (
+            vocabulary["tokens"][1],
+            vocabulary["tokens"][0],
+        )
+    (other / "vocabulary.json").write_text(json.dumps(vocabulary))
+    code, out, err = _run_cli(
+        capsys, "compare", str(root / "run"), str(other), "--test-file", str(root / "test.txt")
+    )
+    assert code == 2 and out == ""
+    assert ("lowercase" if change == "lowercase" else "different vocabularies") in err
+
+
+def test_shipped_char_model_is_read_as_a_stream_and_left_untouched(
+    shakespeare_dir, capsys, tmp_path
+):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "saved_models" / "shakespeare_char_lstm"
+    lines = (shakespeare_dir / "input.txt").read_text().splitlines()[:60]
+    text = tmp_path / "scene.txt"
+    text.write_text("\n".join(lines) + "\n")
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in shipped.rglob("*"))
+    code, out, _ = _run_cli(
+        capsys, "evaluate", str(shipped), "--test-file", str(text), "--window", "64"
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["mode"] == "stream" and result["bootstrap"]["unit"] == "block"
+    # characters of the training text: far better than a uniform guess over the vocabulary
+    vocabulary_size = len(json.loads((shipped / "vocabulary.json").read_text())["tokens"])
+    assert result["perplexity_ci95"][1] < vocabulary_size / 4
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in shipped.rglob("*")) == before
