@@ -71,6 +71,11 @@ def test_batch_loss_recorder_gives_each_batch_its_own_loss():
     sizes = [int(x.shape[0]) for x, _ in data]
     running = np.cumsum(np.array(own) * sizes) / np.cumsum(sizes)  # Keras: batch-size weighted
     np.testing.assert_allclose(recorder.running, list(running) * 2, rtol=1e-5)
+    assert recorder.sizes == sizes * 2
+    assert recorder.tokens == [int(np.count_nonzero(y)) for _, y in data] * 2
+    epoch_nll = np.dot(own, recorder.tokens[: len(own)]) / sum(recorder.tokens[: len(own)])
+    logged = model.history.history["perplexity"][-1]
+    assert np.exp(epoch_nll) == pytest.approx(logged, rel=1e-5)  # the metric is token-weighted
 
 
 def test_bptt_contributions_sum_to_the_autodiff_gradient():

@@ -61,6 +61,10 @@ class BatchLossRecorder(keras.callbacks.Callback):
     Attributes:
         losses: every batch's own loss, over all epochs.
         running: Keras's logged running mean after every batch.
+        sizes: every batch's weight in that running mean (its number of sentences).
+        tokens: every batch's number of real target tokens, read from the compiled
+            ``Perplexity`` metric (empty without one): ``sum(losses * tokens) / sum(tokens)``
+            over an epoch is the log of its exact perplexity.
 
     Example:
 
@@ -73,18 +77,28 @@ class BatchLossRecorder(keras.callbacks.Callback):
         super().__init__()
         self.losses: list[float] = []
         self.running: list[float] = []
-        self._previous = (0.0, 0.0)
+        self.sizes: list[float] = []
+        self.tokens: list[float] = []
+        self._previous = (0.0, 0.0, 0.0)
 
-    def _tracker(self):
-        return next(m for m in self.model.metrics if m.name == "loss")
+    def _metric(self, name):
+        for metric in self.model.metrics:  # the compiled metrics are nested one level down
+            for m in [metric, *getattr(metric, "metrics", [])]:
+                if m.name == name:
+                    return m
+        return None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._previous = (0.0, 0.0)  # Keras resets its metrics at every epoch
+        self._previous = (0.0, 0.0, 0.0)  # Keras resets its metrics at every epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        tracker = self._tracker()
+        tracker, perplexity = self._metric("loss"), self._metric("perplexity")
         total, count = float(tracker.total.numpy()), float(tracker.count.numpy())
-        previous_total, previous_count = self._previous
+        tokens = float(perplexity.total_tokens.numpy()) if perplexity is not None else 0.0
+        previous_total, previous_count, previous_tokens = self._previous
         self.losses.append((total - previous_total) / (count - previous_count))
+        self.sizes.append(count - previous_count)
+        if perplexity is not None:
+            self.tokens.append(tokens - previous_tokens)
         self.running.append(float(logs["loss"]))
-        self._previous = (total, count)
+        self._previous = (total, count, tokens)
