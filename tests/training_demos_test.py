@@ -19,9 +19,11 @@ from keras_rnnlm.experiments import (
     bptt_contributions,
     cosine,
     gradient_similarity_by_batch_size,
+    layer_gradient_norms,
     load_agreement_pairs,
     loss_by_hand,
     loss_gradient,
+    mean_and_spread,
     score_minimal_pairs,
     train_lm_on_budget,
 )
@@ -178,3 +180,25 @@ def test_accuracy_by_distance_groups_and_counts():
     assert table[1]["pairs"] == 3 and table[1]["accuracy"] == pytest.approx(2 / 3)
     assert table[1]["stderr"] == pytest.approx(np.sqrt(2 / 9 / 3))
     assert table[0]["stderr"] == 0.0
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_layer_gradient_norms_match_a_direct_computation(residual):
+    model = RNNLanguageModel(
+        12, cell="gru", num_layers=3, units=8, embedding_dim=8, residual=residual
+    )
+    inputs, targets = np.array([[2, 5, 6, 7]]), np.array([[5, 6, 7, 3]])
+    norms = layer_gradient_norms(model, inputs, targets)
+    with tf.GradientTape() as tape:
+        loss = MaskedLanguageModelLoss()(targets, model(inputs))
+    grads = tape.gradient(loss, model.trainable_weights)
+    by_path = {v.path: g for v, g in zip(model.trainable_weights, grads, strict=True)}
+    assert len(norms) == 3
+    for layer, norm in zip(model.rnn.rnn_layers, norms, strict=True):
+        expected = np.sqrt(sum(np.sum(np.square(by_path[v.path])) for v in layer.trainable_weights))
+        assert norm == pytest.approx(expected, rel=1e-5)
+
+
+def test_mean_and_spread():
+    assert mean_and_spread([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
+    assert mean_and_spread([5.0]) == (5.0, 0.0)

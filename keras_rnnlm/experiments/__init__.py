@@ -18,6 +18,8 @@
   gradient; sentence batches vs a stream with truncated BPTT at the same token budget.
 * ``load_agreement_pairs``, ``score_minimal_pairs``, ``accuracy_by_distance``: subject-verb
   agreement minimal pairs ("the keys to the cabinet are / is"), accuracy by distance.
+* ``layer_gradient_norms``, ``mean_and_spread``: the gradient reaching each layer of a stack;
+  mean and spread over seeds.
 
 Modules: ``vanishing`` (the first two), ``capacity`` (recall), ``clipping``, ``tables``
 (``format_table``) and ``common`` (settings, ``floatx``); every name stays importable from
@@ -44,6 +46,7 @@ from keras_rnnlm.experiments.capacity import (
 )
 from keras_rnnlm.experiments.clipping import clipping_experiment
 from keras_rnnlm.experiments.common import SETTINGS, floatx
+from keras_rnnlm.experiments.depth import layer_gradient_norms, mean_and_spread
 from keras_rnnlm.experiments.minibatch import (
     cosine,
     gradient_similarity_by_batch_size,
@@ -67,10 +70,12 @@ __all__ = [
     "format_table",
     "gradient_ratio_table",
     "gradient_similarity_by_batch_size",
+    "layer_gradient_norms",
     "load_agreement_pairs",
     "long_range_accuracy",
     "loss_by_hand",
     "loss_gradient",
+    "mean_and_spread",
     "recall_classifier",
     "scaled_orthogonal_gradients",
     "score_minimal_pairs",
