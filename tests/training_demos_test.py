@@ -17,6 +17,7 @@ from keras_rnnlm.experiments import (
     MinimalPair,
     accuracy_by_distance,
     bptt_contributions,
+    clip_threshold_sweep,
     cosine,
     gradient_similarity_by_batch_size,
     layer_gradient_norms,
@@ -202,3 +203,25 @@ def test_layer_gradient_norms_match_a_direct_computation(residual):
 def test_mean_and_spread():
     assert mean_and_spread([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
     assert mean_and_spread([5.0]) == (5.0, 0.0)
+
+
+def test_clip_threshold_sweep_huge_threshold_is_no_clipping():
+    sentences = _sentences(200, vocabulary_size=30)
+    rows, traces = clip_threshold_sweep(
+        sentences,
+        30,
+        learning_rate=0.5,
+        thresholds=(None, 1e9, 1e-3),
+        units=8,
+        embedding_dim=4,
+        batch_size=4,
+        num_steps=6,
+        max_steps=12,
+    )
+    assert [r["threshold"] for r in rows] == [None, 1e9, 1e-3]
+    np.testing.assert_allclose(traces[1e9]["loss"], traces[None]["loss"], rtol=1e-5)
+    assert rows[0]["clipped_fraction"] == 0.0 and rows[1]["clipped_fraction"] == 0.0
+    assert rows[2]["clipped_fraction"] == 1.0
+    assert len(traces[None]["loss"]) == 12 and traces[None]["loss"][0] == rows[0]["initial_loss"]
+    # a step of norm lr * 1e-3 barely moves the weights: the loss stays near its start
+    assert abs(rows[2]["final_loss"] - rows[2]["initial_loss"]) < 0.5

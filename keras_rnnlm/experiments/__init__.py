@@ -18,6 +18,8 @@
   gradient; sentence batches vs a stream with truncated BPTT at the same token budget.
 * ``load_agreement_pairs``, ``score_minimal_pairs``, ``accuracy_by_distance``: subject-verb
   agreement minimal pairs ("the keys to the cabinet are / is"), accuracy by distance.
+* ``clip_threshold_sweep``: a real-text language model trained with a large SGD step, without
+  clipping and with global clipping at several thresholds.
 * ``layer_gradient_norms``, ``mean_and_spread``: the gradient reaching each layer of a stack;
   mean and spread over seeds.
 
@@ -52,6 +54,7 @@ from keras_rnnlm.experiments.minibatch import (
     gradient_similarity_by_batch_size,
     loss_gradient,
 )
+from keras_rnnlm.experiments.real_clipping import clip_threshold_sweep
 from keras_rnnlm.experiments.tables import format_table
 from keras_rnnlm.experiments.vanishing import gradient_ratio_table, scaled_orthogonal_gradients
 
@@ -63,6 +66,7 @@ __all__ = [
     "accuracy_by_distance",
     "bptt_contributions",
     "cell_parameters",
+    "clip_threshold_sweep",
     "clipping_experiment",
     "compile_recall_classifier",
     "cosine",
