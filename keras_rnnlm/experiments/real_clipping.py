@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from keras_rnnlm.data.pipelines import prefetched, stream_batches, token_stream
 from keras_rnnlm.experiments.batch_loss import BatchLossRecorder
+from keras_rnnlm.experiments.common import copy_with_weights
 from keras_rnnlm.gradients import GradientNormMonitor
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.training import compile_language_model
@@ -66,9 +67,7 @@ def clip_threshold_sweep(
     initial_weights = base.get_weights()
     rows, traces = [], {}
     for threshold in thresholds:
-        model = RNNLanguageModel.from_config(base.get_config())
-        model(inputs[0])
-        model.set_weights(initial_weights)
+        model = copy_with_weights(base, inputs[0], initial_weights)
         compile_language_model(
             model,
             "sgd",
