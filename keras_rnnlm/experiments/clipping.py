@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rnnlm.data.pipelines import prefetched, stream_batches, token_stream
+from keras_rnnlm.experiments.common import copy_with_weights
 from keras_rnnlm.gradients import GradientNormMonitor
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.tasks import MarkovSource
@@ -89,9 +90,7 @@ def clipping_experiment(
     for lr in learning_rates:
         for mode in modes:
             keras.utils.set_random_seed(seed)
-            model = RNNLanguageModel.from_config(base.get_config())
-            model(inputs[0])
-            model.set_weights(initial_weights)
+            model = copy_with_weights(base, inputs[0], initial_weights)
             compile_language_model(
                 model,
                 "sgd",

@@ -79,3 +79,11 @@ def single_layer_lm(
     if cell == "lstm":
         set_forget_bias(model.rnn.rnn_layers[0].cell, forget_bias)
     return model
+
+
+def copy_with_weights(base: RNNLanguageModel, sample_inputs, weights) -> RNNLanguageModel:
+    """A new model of ``base``'s config, built on ``sample_inputs``, set to ``weights``."""
+    model = RNNLanguageModel.from_config(base.get_config())
+    model(sample_inputs)
+    model.set_weights(weights)
+    return model
