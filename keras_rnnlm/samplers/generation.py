@@ -257,5 +257,6 @@ def generate_with_model(
         out[row, : len(ids)] = ids
     if vocabulary is None:
         return out
-    texts = [vocabulary.decode(row) for row in out]
+    # the start id opens every row: it is context, not text (``<eos>`` would decode as "\n")
+    texts = [vocabulary.decode(row[1:]) for row in out]
     return texts[0] if single else texts
