@@ -286,10 +286,7 @@ def jacobian_spectrum(model: keras.Model, token_ids, layer: int = 0) -> dict:
                     prev = tf.split(flat, sizes[index], axis=-1)
                     _, new_states = cell.call(sequence[t], prev)
                     new_flat = tf.concat(as_list(new_states), axis=-1)
-                # no pfor: a per-step vectorized trace would retrace on every call
-                jac = tape.batch_jacobian(
-                    new_flat, flat, experimental_use_pfor=False
-                )  # (batch, S, S)
+                jac = tape.batch_jacobian(new_flat, flat)  # (batch, S, S)
                 singular.append(np.linalg.svd(np.asarray(jac, np.float64), compute_uv=False)[:, 0])
                 states = as_list(new_states)
             else:
