@@ -13,6 +13,7 @@ from keras_rnnlm.backbone import (
     make_backbone,
     run_backbone,
 )
+from keras_rnnlm.data.fit_inputs import StallFreeFitMixin
 from keras_rnnlm.fast import bf16_matmul_is_fast, check_implementation
 from keras_rnnlm.fast import train_step as fast_dispatch
 from keras_rnnlm.fast.output_layer import low_precision_dense
@@ -24,7 +25,7 @@ OUTPUT_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class RNNLanguageModel(keras.Model):
+class RNNLanguageModel(StallFreeFitMixin, keras.Model):
     """A (multi-layer) recurrent language model: ``P(x_{t+1} | x_1..x_t)`` at every position.
 
     ``token ids -> Embedding -> StackedRecurrent -> Dense(vocabulary_size)``: the logits at

@@ -6,6 +6,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_rnnlm.backbone import backbone_config, build_backbone, embed, make_backbone
+from keras_rnnlm.data.fit_inputs import StallFreeFitMixin
 from keras_rnnlm.evaluation import cached_function, nll_sums, perplexity_summary
 from keras_rnnlm.layers import reverse_padded
 from keras_rnnlm.task_models.encoder import sequence_lengths
@@ -14,7 +15,7 @@ _PACKAGE = "keras_rnnlm"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BidirectionalLanguageModel(keras.Model):
+class BidirectionalLanguageModel(StallFreeFitMixin, keras.Model):
     """A forward and a backward language model trained jointly (ELMo, Peters et al. 2018).
 
     Both directions share the token embedding and the output (softmax) layer, and each has its

@@ -11,6 +11,7 @@ from keras_rnnlm.backbone import (
     make_backbone,
     run_backbone,
 )
+from keras_rnnlm.data.fit_inputs import StallFreeFitMixin
 
 _PACKAGE = "keras_rnnlm"
 POOLINGS = ("final", "mean", "max")
@@ -57,7 +58,7 @@ def encoder_config(model) -> dict:
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class RNNEncoder(keras.Model):
+class RNNEncoder(StallFreeFitMixin, keras.Model):
     """Encodes token ids into per-token states and a sentence vector.
 
     ``token ids -> Embedding -> StackedRecurrent (optionally bidirectional)``. Padding (id 0)

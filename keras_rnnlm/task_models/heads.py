@@ -3,13 +3,14 @@
 import keras
 from keras import ops
 
+from keras_rnnlm.data.fit_inputs import StallFreeFitMixin
 from keras_rnnlm.task_models.encoder import RNNEncoder, encoder_config
 
 _PACKAGE = "keras_rnnlm"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class SequenceTagger(keras.Model):
+class SequenceTagger(StallFreeFitMixin, keras.Model):
     """Tags every token: ``RNNEncoder -> Dropout -> Dense(num_tags)`` per position.
 
     Tag id 0 is padding: ``MaskedLanguageModelLoss`` and ``MaskedAccuracy`` (used by
@@ -98,7 +99,7 @@ class SequenceTagger(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class SentenceClassifier(keras.Model):
+class SentenceClassifier(StallFreeFitMixin, keras.Model):
     """Classifies a whole sequence: ``RNNEncoder -> sentence vector -> Dense(num_classes)``.
 
     Args:
