@@ -194,8 +194,26 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_same_seed_same_loss_curve(tmp_path):
+@pytest.mark.parametrize(
+    "jit_compile, mode",
+    [(False, "sentence"), ("auto", "sentence"), ("auto", "stream")],
+    ids=["reference-sentence", "fast-sentence", "fast-stream"],
+)
+def test_same_seed_same_loss_curve(tmp_path, monkeypatch, jit_compile, mode):
+    """Same --seed, same loss curve: the reference path and the fast default path
+    (XLA time loop, hand-written backward, fused output layer and SGD) with dropout on."""
+    from keras_rnnlm.fast import train_step as fast_dispatch
+
     _corpus(tmp_path)
+    fused_steps = []  # the fused step returns logs (not None) when the fast path trains
+    original = fast_dispatch.fused_train_step
+
+    def spy(model, data):
+        logs = original(model, data)
+        fused_steps.append(logs is not None)
+        return logs
+
+    monkeypatch.setattr(fast_dispatch, "fused_train_step", spy)
 
     def run(name):
         config = TrainConfig(
@@ -205,15 +223,19 @@ def test_same_seed_same_loss_curve(tmp_path):
             dropout=0.2,
             epochs=2,
             seed=3,
-            jit_compile=False,
+            mode=mode,
+            optimizer="sgd",
+            learning_rate=1.0,
+            jit_compile=jit_compile,
             verbose=0,
             output=str(tmp_path / name),
         )
-        return train(config)["history"]["loss"]
+        return train(config)
 
     first, second = run("a"), run("b")
-    assert first == second
-    assert first[1] < first[0]
+    assert first["history"]["loss"] == second["history"]["loss"]
+    assert first["history"]["loss"][1] < first["history"]["loss"][0]
+    assert fused_steps and all(fused_steps) == (jit_compile == "auto"), fused_steps
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
