@@ -112,50 +112,12 @@ class KerasRunner:
         return self.tokens / (time.perf_counter() - start)
 
 
-class TorchRunner:
-    def __init__(self, steps=40):
-        import torch
-        from torch import nn
+def torch_runner(steps=40):
+    """PyTorch ``nn.LSTM`` on the same random PTB-shape stream (``peer_runners.TorchRunner``)."""
+    from peer_runners import TorchRunner
 
-        torch.manual_seed(0)
-
-        class LM(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.embedding = nn.Embedding(VOCAB, P.units)
-                self.lstm = nn.LSTM(P.units, P.units, num_layers=P.num_layers, batch_first=True)
-                self.output = nn.Linear(P.units, VOCAB)
-                for p in self.parameters():
-                    nn.init.uniform_(p, -P.init_scale, P.init_scale)
-
-            def forward(self, x, state):
-                h, state = self.lstm(self.embedding(x), state)
-                return self.output(h), state
-
-        self.torch = torch
-        self.model = LM()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=P.keras_learning_rate)
-        self.loss = nn.CrossEntropyLoss()
-        x, y = random_stream(steps)
-        self.batches = [
-            (torch.from_numpy(a).long(), torch.from_numpy(b).long()) for a, b in zip(x, y)
-        ]
-        self.tokens = steps * P.batch_size * P.num_steps
-        self.run()
-
-    def run(self):
-        torch = self.torch
-        start = time.perf_counter()
-        state = None
-        for x, y in self.batches:
-            logits, state = self.model(x, state)
-            state = tuple(s.detach() for s in state)
-            loss = self.loss(logits.reshape(-1, VOCAB), y.reshape(-1))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), P.keras_clip_norm)
-            self.optimizer.step()
-        return self.tokens / (time.perf_counter() - start)
+    x, y = random_stream(steps)
+    return TorchRunner("ptb", VOCAB, list(zip(x, y, strict=True)))
 
 
 def pipeline_tokens_per_second(steps=200):
@@ -206,7 +168,7 @@ def legacy_main(argv=None):
             import torch
 
             torch.set_num_threads(os.cpu_count() or 1)
-            runners["torch"] = TorchRunner(steps=args.steps)
+            runners["torch"] = torch_runner(steps=args.steps)
         except ImportError:
             print("torch not importable: skipping the PyTorch baseline (pip install torch==2.13.0)")
     recurrence_only = KerasRunner(False, vocab=100, steps=args.steps)
