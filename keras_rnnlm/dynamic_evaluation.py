@@ -179,3 +179,160 @@ def dynamic_stream_units(
     result["units"] = {"nll": nll, "tokens": tokens}
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def static_and_dynamic(
+    model,
+    stream,
+    rms: list[np.ndarray],
+    lr: float,
+    decay: float,
+    segment_length: int = 20,
+    B: int = 1000,
+    seed: int = 0,
+    block_tokens: int = 512,
+    progress=None,
+) -> dict:
+    """Static and dynamic perplexity of one stream on the same segments, with intervals.
+
+    The static pass is ``evaluate_stream_perplexity`` with ``window=segment_length``, so both
+    passes score the same segments. Intervals resample contiguous blocks of about
+    ``block_tokens`` tokens (``keras_rnnlm.intervals``); the gain is the paired bootstrap of
+    ``log ppl(dynamic) - log ppl(static)`` (negative: dynamic evaluation helps).
+
+    Args:
+        model: a stateless ``RNNLanguageModel`` (not modified).
+        stream: 1-D int token ids.
+        rms: ``gradient_rms`` of the model.
+        lr: learning rate of the RMS-normalised step.
+        decay: ``lambda`` of the decay toward the trained weights.
+        segment_length: tokens scored before each update.
+        B: bootstrap replicates.
+        seed: seed of the resampling.
+        block_tokens: tokens per resampled block (rounded to whole segments).
+        progress: a ``keras_rnnlm.progress.Progress`` counting dynamic segments, or None.
+
+    Returns:
+        ``{"perplexity", "perplexity_ci95", "tokens", "bits_per_token", "dynamic_perplexity",
+        "dynamic_perplexity_ci95", "dynamic_bits_per_token", "dynamic_gain": {
+        "log_ppl_difference", "log_ppl_difference_ci95"}, "bootstrap", "seconds"}``.
+
+    Example:
+
+    >>> static_and_dynamic(model, test_ids, rms, lr=1e-4, decay=0.02)["dynamic_gain"]
+    """
+    from keras_rnnlm.evaluation import evaluate_stream_perplexity
+    from keras_rnnlm.intervals import block_units, bootstrap_perplexity, paired_bootstrap_difference
+
+    start = time.perf_counter()
+    static = evaluate_stream_perplexity(model, stream, segment_length, return_units=True)
+    static_seconds = time.perf_counter() - start
+    dynamic = dynamic_stream_units(model, stream, rms, lr, decay, segment_length, progress)
+    block = max(1, round(block_tokens / segment_length))
+    s_nll, s_tok = block_units(static["units"]["nll"], static["units"]["tokens"], block)
+    d_nll, d_tok = block_units(dynamic["units"]["nll"], dynamic["units"]["tokens"], block)
+    return {
+        "perplexity": static["perplexity"],
+        "perplexity_ci95": bootstrap_perplexity(s_nll, s_tok, B=B, seed=seed),
+        "tokens": static["tokens"],
+        "bits_per_token": static["bits_per_token"],
+        "dynamic_perplexity": dynamic["perplexity"],
+        "dynamic_perplexity_ci95": bootstrap_perplexity(d_nll, d_tok, B=B, seed=seed),
+        "dynamic_bits_per_token": dynamic["bits_per_token"],
+        "dynamic_gain": paired_bootstrap_difference(s_nll, s_tok, d_nll, d_tok, B=B, seed=seed),
+        "bootstrap": {
+            "B": B,
+            "seed": seed,
+            "unit": "block",
+            "segments_per_block": block,
+            "units": len(s_nll),
+        },
+        "seconds": {"static": round(static_seconds, 2), "dynamic": round(dynamic["seconds"], 2)},
+    }
+
+
+def text_file_stream(vocabulary, text_file, max_tokens: int | None = None) -> np.ndarray:
+    """A text file (one sentence per line) as one token stream, sentences ended by ``<eos>``,
+    as ``keras_rnnlm.runs.score_text_units`` reads it in stream mode."""
+    from keras_rnnlm.data.corpora import text_files_corpus
+    from keras_rnnlm.data.pipelines import token_stream
+
+    sentences = [ids for ids in vocabulary.encode_batch(text_files_corpus(text_file).train) if ids]
+    if not sentences:
+        raise ValueError(f"{text_file} holds no text.")
+    return token_stream(sentences)[:max_tokens]
+
+
+def dynamic_evaluate_text_file(
+    path,
+    text_file,
+    train_file,
+    lr: float = 1e-4,
+    decay: float = 0.02,
+    segment_length: int = 20,
+    stat_tokens: int | None = 200_000,
+    rows: int = 64,
+    B: int = 1000,
+    seed: int = 0,
+    block_tokens: int = 512,
+    mode: str | None = None,
+    quiet: bool = False,
+) -> dict:
+    """``keras-rnnlm evaluate MODEL --test-file F --dynamic``: static vs dynamic evaluation.
+
+    Args:
+        path: a run directory or an export (``keras_rnnlm.runs.load_any_model``); nothing in it
+            is modified or written.
+        text_file: the evaluated text, one sentence per line, read as one stream.
+        train_file: training text for the gradient statistics (``gradient_rms``).
+        lr: learning rate of the RMS-normalised step.
+        decay: ``lambda`` of the decay toward the trained weights.
+        segment_length: tokens scored before each update.
+        stat_tokens: training tokens used for the statistics (None: all).
+        rows: parallel streams of the statistics' gradients.
+        B: bootstrap replicates.
+        seed: seed of the resampling.
+        block_tokens: tokens per resampled block.
+        mode: ``"stream"`` (or None: the model must have been trained on a stream).
+        quiet: no progress on stderr.
+
+    Returns:
+        ``static_and_dynamic``'s dict plus ``"mode"``, ``"dynamic"`` (the settings and the
+        gradient statistics' size), ``"file"`` and ``"model"``.
+
+    Example:
+
+    >>> dynamic_evaluate_text_file("saved_models/ptb_word_lstm_small", "ptb.test.txt",
+    ...                            "ptb.train.txt", lr=1e-4, decay=0.02)["dynamic_perplexity"]
+    """
+    from keras_rnnlm.progress import Progress
+    from keras_rnnlm.runs import load_any_model
+
+    model, vocabulary, info = load_any_model(path)
+    if (mode or info["mode"]) != "stream":
+        raise ValueError(
+            f"--dynamic reads the text as one stream, but {path} was trained on sentences; "
+            "pass --mode stream to evaluate it as a stream anyway."
+        )
+    stream = text_file_stream(vocabulary, text_file)
+    start = time.perf_counter()
+    rms, statistics = gradient_rms(
+        model, text_file_stream(vocabulary, train_file), segment_length, rows, stat_tokens
+    )
+    statistics.update(file=str(train_file), seconds=round(time.perf_counter() - start, 2))
+    segments = -(-(len(stream) - 1) // segment_length)
+    with Progress(segments, "dynamic evaluation", "segments", quiet=quiet) as progress:
+        result = static_and_dynamic(
+            model, stream, rms, lr, decay, segment_length, B, seed, block_tokens, progress
+        )
+    result["mode"] = "stream"
+    result["dynamic"] = {
+        "lr": lr,
+        "decay": decay,
+        "segment_length": segment_length,
+        "epsilon": DEFAULT_EPSILON,
+        "rule": "theta += -lr*g/(rms+epsilon) + min(decay*rms/sum(mean(rms)), 1)*(theta_0-theta)",
+        "gradient_statistics": statistics,
+    }
+    result.update(file=str(text_file), model=str(path))
+    return result
