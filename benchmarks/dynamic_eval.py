@@ -54,9 +54,12 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from keras_rnnlm.data.corpora import load_corpus
-    from keras_rnnlm.dynamic_evaluation import dynamic_stream_units, gradient_rms
+    from keras_rnnlm.dynamic_evaluation import (
+        dynamic_stream_units,
+        gradient_rms,
+        static_and_dynamic,
+    )
     from keras_rnnlm.evaluation import evaluate_stream_perplexity
-    from keras_rnnlm.intervals import block_units, bootstrap_perplexity, paired_bootstrap_difference
     from keras_rnnlm.runs import load_any_model
 
     model, vocabulary, _ = load_any_model(args.model)
@@ -91,28 +94,16 @@ def main(argv=None) -> dict:
     grid = [done[key] for key in itertools.product(args.lr, args.decay)]
     best = min(grid, key=lambda r: r["dynamic_perplexity"])
 
-    static = evaluate_stream_perplexity(model, test, args.segment_length, return_units=True)
-    dynamic = dynamic_stream_units(model, test, rms, best["lr"], best["decay"], args.segment_length)
-    block = max(1, round(args.block_tokens / args.segment_length))
-    s_nll, s_tok = block_units(static["units"]["nll"], static["units"]["tokens"], block)
-    d_nll, d_tok = block_units(dynamic["units"]["nll"], dynamic["units"]["tokens"], block)
-    gain = paired_bootstrap_difference(s_nll, s_tok, d_nll, d_tok, B=1000, seed=0)
+    result = static_and_dynamic(
+        model, test, rms, best["lr"], best["decay"], args.segment_length, 1000, 0, args.block_tokens
+    )
     summary = {
         "model": args.model,
         "corpus": args.corpus,
-        "tokens": static["tokens"],
-        "perplexity": static["perplexity"],
-        "perplexity_ci95": bootstrap_perplexity(s_nll, s_tok),
-        "bits_per_token": static["bits_per_token"],
-        "dynamic_perplexity": dynamic["perplexity"],
-        "dynamic_perplexity_ci95": bootstrap_perplexity(d_nll, d_tok),
-        "dynamic_bits_per_token": dynamic["bits_per_token"],
-        "dynamic_gain": gain,
-        "bootstrap": {"B": 1000, "seed": 0, "unit": "block", "segments_per_block": block},
+        **result,
         "chosen": {"lr": best["lr"], "decay": best["decay"], "on": "valid prefix"},
         "segment_length": args.segment_length,
         "gradient_statistics": {**stat_info, "seconds": round(stat_seconds, 1)},
-        "test_dynamic_seconds": round(dynamic["seconds"], 1),
     }
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
