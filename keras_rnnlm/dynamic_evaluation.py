@@ -36,18 +36,24 @@ from keras_rnnlm.evaluation import nll_sums, perplexity_summary, stream_windows
 DEFAULT_EPSILON = 2e-5
 
 
+def _segment_gradients(model, variables, inputs, targets, states):
+    """``nll_sums`` of one segment, the states after it, and the (dense) gradients of its mean
+    NLL per real token."""
+    with tf.GradientTape() as tape:
+        logits, new_states = model.forward(inputs, initial_state=states)
+        sums = nll_sums(targets, logits, per_token=True)
+        tokens = tf.cast(tf.reduce_sum(sums["tokens"]), tf.float32)
+        loss = tf.reduce_sum(sums["token_nll"]) / tf.maximum(tokens, 1.0)
+    gradients = tape.gradient(loss, variables)
+    return sums, new_states, [tf.convert_to_tensor(g) for g in gradients]  # IndexedSlices: dense
+
+
 def _segment_step(model, variables):
-    """A compiled ``fn(inputs, targets, states, lr, decay_rates...)``: score, then update."""
+    """A graph ``fn(inputs, targets, states, lr, rms, theta_0, decay_rates)``: score, update."""
 
     def fn(inputs, targets, states, lr, rms, theta_0, decay_rates):
-        with tf.GradientTape() as tape:
-            logits, new_states = model.forward(inputs, initial_state=states)
-            sums = nll_sums(targets, logits, per_token=True)
-            tokens = tf.cast(tf.reduce_sum(sums["tokens"]), tf.float32)
-            loss = tf.reduce_sum(sums["token_nll"]) / tf.maximum(tokens, 1.0)
-        gradients = tape.gradient(loss, variables)
+        sums, new_states, gradients = _segment_gradients(model, variables, inputs, targets, states)
         for variable, gradient, r, t0, d in zip(variables, gradients, rms, theta_0, decay_rates):
-            gradient = tf.convert_to_tensor(gradient)  # embedding: IndexedSlices -> dense
             value = tf.convert_to_tensor(variable)
             variable.assign(value - lr * gradient / (r + DEFAULT_EPSILON) + d * (t0 - value))
         return {"nll": sums["nll"], "tokens": sums["tokens"], "states": new_states}
@@ -56,15 +62,12 @@ def _segment_step(model, variables):
 
 
 def _gradient_square_step(model, variables):
+    """A graph ``fn(inputs, targets, states, squares)`` adding the squared gradients."""
+
     def fn(inputs, targets, states, squares):
-        with tf.GradientTape() as tape:
-            logits, new_states = model.forward(inputs, initial_state=states)
-            sums = nll_sums(targets, logits, per_token=True)
-            tokens = tf.cast(tf.reduce_sum(sums["tokens"]), tf.float32)
-            loss = tf.reduce_sum(sums["token_nll"]) / tf.maximum(tokens, 1.0)
-        gradients = tape.gradient(loss, variables)
+        _, new_states, gradients = _segment_gradients(model, variables, inputs, targets, states)
         for square, gradient in zip(squares, gradients):
-            square.assign_add(tf.square(tf.convert_to_tensor(gradient)))
+            square.assign_add(tf.square(gradient))
         return new_states
 
     return tf.function(fn)
