@@ -270,7 +270,7 @@ def dynamic_evaluate_text_file(
     path,
     text_file,
     train_file,
-    lr: float = 1e-4,
+    lr: float = 1.5e-4,
     decay: float = 0.02,
     segment_length: int = 20,
     stat_tokens: int | None = 200_000,

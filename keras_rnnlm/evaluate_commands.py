@@ -81,9 +81,15 @@ def add_evaluate_parser(subparsers, common) -> None:
     )
     dynamic.add_argument(
         "--dynamic-train-file",
-        help="training text, one sentence per line, for the gradient statistics (required)",
+        help="training text, one sentence per line, for the gradient statistics (needed by "
+        "--dynamic)",
     )
-    dynamic.add_argument("--dynamic-lr", type=float, default=1e-4, help="step size")
+    dynamic.add_argument(
+        "--dynamic-lr",
+        type=float,
+        default=1.5e-4,
+        help="step size (the default was chosen on PTB valid)",
+    )
     dynamic.add_argument(
         "--dynamic-decay", type=float, default=0.02, help="decay toward the trained weights"
     )
