@@ -70,13 +70,76 @@ def add_evaluate_parser(subparsers, common) -> None:
         choices=constants.MODES,
         help="override how the text is read (default: how the model was trained)",
     )
+    dynamic = p.add_argument_group(
+        "dynamic evaluation (Krause et al. 2018; keras_rnnlm.dynamic_evaluation)"
+    )
+    dynamic.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="also score the text as a stream updating the weights after each segment "
+        "(score first, then update; the saved model is never changed)",
+    )
+    dynamic.add_argument(
+        "--dynamic-train-file",
+        help="training text, one sentence per line, for the gradient statistics (needed by "
+        "--dynamic)",
+    )
+    dynamic.add_argument(
+        "--dynamic-lr",
+        type=float,
+        default=1.5e-4,
+        help="step size (the default was chosen on PTB valid)",
+    )
+    dynamic.add_argument(
+        "--dynamic-decay", type=float, default=0.02, help="decay toward the trained weights"
+    )
+    dynamic.add_argument("--segment-length", type=int, default=20, help="tokens per update")
+    dynamic.add_argument(
+        "--dynamic-stat-tokens",
+        type=int,
+        default=200_000,
+        help="training tokens read for the gradient statistics (0: all)",
+    )
 
 
 def _evaluate(args):
+    if args.dynamic:
+        return _evaluate_dynamic(args)
+    from keras_rnnlm.progress import Progress
     from keras_rnnlm.runs import evaluate_text_file
 
     options = _interval_options(args)
-    result = evaluate_text_file(args.model, args.test_file, mode=args.mode, **options)
+    # evaluate_text_file has no per-window hook: the line shows the command is working, then
+    # its time when the file is done (stderr, on a terminal only, never with --quiet)
+    with Progress(1, "evaluate", "file", quiet=args.quiet) as progress:
+        result = evaluate_text_file(args.model, args.test_file, mode=args.mode, **options)
+        progress.update()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _evaluate_dynamic(args):
+    from keras_rnnlm.dynamic_evaluation import dynamic_evaluate_text_file
+
+    if not args.dynamic_train_file:
+        raise ValueError(
+            "--dynamic needs --dynamic-train-file: the gradient statistics of the update "
+            "come from the model's training text."
+        )
+    result = dynamic_evaluate_text_file(
+        args.model,
+        args.test_file,
+        args.dynamic_train_file,
+        lr=args.dynamic_lr,
+        decay=args.dynamic_decay,
+        segment_length=args.segment_length,
+        stat_tokens=args.dynamic_stat_tokens or None,
+        B=args.bootstrap_b,
+        seed=args.seed,
+        block_tokens=args.block * args.window,
+        mode=args.mode,
+        quiet=args.quiet,
+    )
     print(json.dumps(result, indent=2))
     return 0
 

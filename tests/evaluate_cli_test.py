@@ -197,3 +197,86 @@ def test_shipped_char_model_is_read_as_a_stream_and_left_untouched(
     vocabulary_size = len(json.loads((shipped / "vocabulary.json").read_text())["tokens"])
     assert result["perplexity_ci95"][1] < vocabulary_size / 4
     assert sorted((str(p), p.stat().st_mtime_ns) for p in shipped.rglob("*")) == before
+
+
+def _fingerprint(directory):
+    import hashlib
+
+    return sorted(
+        (str(p.relative_to(directory)), hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in directory.rglob("*")
+        if p.is_file() and not p.name.startswith("evaluate_")  # evaluate's own JSON
+    )
+
+
+def test_evaluate_dynamic_scores_first_and_leaves_the_run_untouched(stream_run, capsys):
+    import sys
+
+    root, metrics = stream_run
+    before = _fingerprint(root / "run")
+    argv = ["evaluate", str(root / "run"), "--test-file", str(root / "test.txt"), "--dynamic"]
+    argv += ["--dynamic-train-file", str(root / "train.txt"), "--segment-length", "8"]
+    capsys.readouterr()
+    sys.stderr.isatty = lambda: True  # capsys's stderr: a fake terminal, progress drawn
+    try:
+        code, out, err = _run_cli(capsys, *argv, "--dynamic-lr", "0", "--dynamic-decay", "0")
+    finally:
+        del sys.stderr.isatty
+    assert code == 0
+    frozen = json.loads(out)  # stdout is one JSON document; progress went to stderr
+    assert "dynamic evaluation:" in err and "segments (100%)" in err
+    # lr 0: the weights never move, dynamic = static stream = the trainer's own test figure
+    assert frozen["dynamic_perplexity"] == pytest.approx(frozen["perplexity"], rel=1e-6)
+    assert frozen["perplexity"] == pytest.approx(metrics["test"]["perplexity"], rel=1e-5)
+    assert frozen["tokens"] == metrics["test"]["tokens"]
+    assert frozen["dynamic_gain"]["log_ppl_difference"] == pytest.approx(0.0, abs=1e-6)
+    code, out, err = _run_cli(capsys, *argv, "--dynamic-lr", "0.01", "--quiet")
+    assert code == 0 and err == ""
+    result = json.loads(out)
+    for key in ("perplexity", "perplexity_ci95", "tokens", "dynamic_perplexity"):
+        assert key in result
+    low, high = result["dynamic_perplexity_ci95"]
+    assert low <= result["dynamic_perplexity"] <= high
+    assert result["dynamic_perplexity"] != pytest.approx(result["perplexity"], rel=1e-4)
+    assert result["perplexity"] == frozen["perplexity"]
+    statistics = result["dynamic"]["gradient_statistics"]
+    assert statistics["tokens"] > 0 and statistics["file"] == str(root / "train.txt")
+    assert _fingerprint(root / "run") == before  # saved weights and files unchanged
+
+
+def test_evaluate_dynamic_without_training_text_is_refused(stream_run, capsys):
+    root, _ = stream_run
+    code, out, err = _run_cli(
+        capsys, "evaluate", str(root / "run"), "--test-file", str(root / "test.txt"), "--dynamic"
+    )
+    assert code == 2 and out == ""
+    assert "--dynamic-train-file" in err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_evaluate_progress_on_a_terminal_only_and_stdout_stays_json(stream_run, capsys, quiet):
+    import sys
+
+    root, _ = stream_run
+    capsys.readouterr()
+    sys.stderr.isatty = lambda: True
+    try:
+        code, out, err = _run_cli(
+            capsys,
+            "evaluate",
+            str(root / "run"),
+            "--test-file",
+            str(root / "test.txt"),
+            *(["--quiet"] if quiet else []),
+        )
+    finally:
+        del sys.stderr.isatty
+    assert code == 0
+    assert json.loads(out)["tokens"] > 0
+    assert err == "" if quiet else "evaluate: 1/1 file (100%)" in err
+    if quiet:
+        return
+    code, out, err = _run_cli(
+        capsys, "evaluate", str(root / "run"), "--test-file", str(root / "test.txt")
+    )
+    assert err == ""  # not a terminal (capsys): nothing drawn

@@ -1,0 +1,341 @@
+"""Dynamic evaluation (Krause et al. 2018, "Dynamic Evaluation of Neural Sequence Models").
+
+The test text is read as one stream (batch 1, the recurrent state carried) in segments of
+``segment_length`` tokens. Segment ``i`` is **scored first** (its NLL under the current weights
+counts), **then** the weights are updated on it, so every token is predicted only from the
+text before it. The update is Krause et al.'s "RMS with a global prior" rule, per weight
+tensor ``theta`` (trained value ``theta_0``):
+
+    delta = -lr * g / (rms + epsilon) + min(decay * rms / sum_rms, 1) * (theta_0 - theta)
+
+* ``g``: gradient of the segment's mean NLL per real token (truncated BPTT: the state carried
+  in is a constant);
+* ``rms``: the root-mean-square of such gradients over the **training** text
+  (``gradient_rms``: batches of ``rows`` parallel streams in segments of ``segment_length``,
+  the state carried, every segment counted; how many tokens and segments is returned);
+* ``sum_rms``: the sum over weight tensors of ``mean(rms)``, so ``decay * rms / sum_rms`` is
+  the paper's RMS-scaled decay rate (clipped at 1 so a step never overshoots ``theta_0``).
+
+The state carried into segment ``i + 1`` comes from the scoring pass of segment ``i`` (before
+the update), as in the paper's code. The model given is never modified: the updates go to a
+copy (``RNNLanguageModel.clone_with``), and nothing is written to disk.
+
+With ``lr = 0`` and ``decay = 0`` the weights never move and the segment NLLs are the static
+stream NLLs of ``keras_rnnlm.evaluation.evaluate_stream_perplexity`` with
+``window=segment_length``, the same per-token NLL function (``evaluation.nll_sums``).
+"""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from keras_rnnlm.evaluation import nll_sums, perplexity_summary, stream_windows
+
+#: Krause et al.'s epsilon of the RMS-normalised step (their PTB code's default)
+DEFAULT_EPSILON = 2e-5
+
+
+def _segment_gradients(model, variables, inputs, targets, states):
+    """``nll_sums`` of one segment, the states after it, and the (dense) gradients of its mean
+    NLL per real token."""
+    with tf.GradientTape() as tape:
+        logits, new_states = model.forward(inputs, initial_state=states)
+        sums = nll_sums(targets, logits, per_token=True)
+        tokens = tf.cast(tf.reduce_sum(sums["tokens"]), tf.float32)
+        loss = tf.reduce_sum(sums["token_nll"]) / tf.maximum(tokens, 1.0)
+    gradients = tape.gradient(loss, variables)
+    return sums, new_states, [tf.convert_to_tensor(g) for g in gradients]  # IndexedSlices: dense
+
+
+def _segment_step(model, variables):
+    """A graph ``fn(inputs, targets, states, lr, rms, theta_0, decay_rates)``: score, update."""
+
+    def fn(inputs, targets, states, lr, rms, theta_0, decay_rates):
+        sums, new_states, gradients = _segment_gradients(model, variables, inputs, targets, states)
+        for variable, gradient, r, t0, d in zip(variables, gradients, rms, theta_0, decay_rates):
+            value = tf.convert_to_tensor(variable)
+            variable.assign(value - lr * gradient / (r + DEFAULT_EPSILON) + d * (t0 - value))
+        return {"nll": sums["nll"], "tokens": sums["tokens"], "states": new_states}
+
+    return tf.function(fn)
+
+
+def _gradient_square_step(model, variables):
+    """A graph ``fn(inputs, targets, states, squares)`` adding the squared gradients."""
+
+    def fn(inputs, targets, states, squares):
+        _, new_states, gradients = _segment_gradients(model, variables, inputs, targets, states)
+        for square, gradient in zip(squares, gradients):
+            square.assign_add(tf.square(gradient))
+        return new_states
+
+    return tf.function(fn)
+
+
+def gradient_rms(
+    model, stream, segment_length: int = 20, rows: int = 64, max_tokens: int | None = None
+) -> tuple[list[np.ndarray], dict]:
+    """Root-mean-square of the segment gradients of ``model`` over a (training) token stream.
+
+    The stream is cut into ``rows`` parallel streams read in segments of ``segment_length``
+    tokens with the state carried (``keras_rnnlm.data.pipelines.stream_batches``); the
+    gradient of each segment batch's mean NLL is squared and averaged over segments.
+
+    Args:
+        model: a stateless ``RNNLanguageModel`` (not modified).
+        stream: 1-D int token ids of the training text.
+        segment_length: tokens per segment.
+        rows: parallel streams per gradient.
+        max_tokens: use only the first ``max_tokens`` tokens (None: all).
+
+    Returns:
+        ``(rms, info)``: one float32 array per ``model.trainable_variables`` entry, and
+        ``{"tokens", "segments", "rows", "segment_length"}`` saying how much text was used.
+
+    Example:
+
+    >>> rms, info = gradient_rms(model, token_stream(train_sentences), segment_length=20)
+    """
+    from keras_rnnlm.data.pipelines import stream_batches
+
+    if segment_length < 1 or rows < 1:
+        raise ValueError(f"segment_length and rows must be >= 1, got {segment_length}, {rows}.")
+    stream = np.asarray(stream, np.int32)[:max_tokens]
+    inputs, targets = stream_batches(stream, rows, segment_length)
+    variables = model.trainable_variables
+    squares = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in variables]
+    step = _gradient_square_step(model, variables)
+    states = model.get_initial_state(rows)
+    for x, y in zip(inputs, targets, strict=True):
+        states = step(x, y, states, squares)
+    rms = [np.sqrt(s.numpy() / len(inputs)) for s in squares]
+    info = {
+        "tokens": int(inputs.size),
+        "segments": int(len(inputs)),
+        "rows": rows,
+        "segment_length": segment_length,
+    }
+    return rms, info
+
+
+def dynamic_stream_units(
+    model,
+    stream,
+    rms: list[np.ndarray],
+    lr: float,
+    decay: float,
+    segment_length: int = 20,
+    progress=None,
+) -> dict:
+    """Dynamic-evaluation NLL of a token stream: score each segment, then update on it.
+
+    Args:
+        model: a stateless ``RNNLanguageModel``; never modified (a copy is updated).
+        stream: 1-D int token ids (at least 2).
+        rms: ``gradient_rms`` of the model, one array per trainable variable.
+        lr: learning rate of the RMS-normalised step (0: no gradient step).
+        decay: ``lambda`` of the decay toward the trained weights (0: none).
+        segment_length: tokens scored before each update.
+        progress: a ``keras_rnnlm.progress.Progress`` counting segments, or None.
+
+    Returns:
+        ``perplexity_summary`` keys plus ``"units": {"nll", "tokens"}`` (one entry per segment,
+        pre-update NLL sums) and ``"seconds"`` (wall time of the loop).
+
+    Example:
+
+    >>> dynamic_stream_units(model, test_ids, rms, lr=1e-4, decay=1e-3)["perplexity"]
+    """
+    if lr < 0 or decay < 0:
+        raise ValueError(f"lr and decay must be >= 0, got lr={lr}, decay={decay}.")
+    if segment_length < 1:
+        raise ValueError(f"segment_length must be >= 1, got {segment_length}.")
+    if len(np.asarray(stream)) < 2:
+        raise ValueError("A stream needs at least 2 tokens.")
+    work = model.clone_with()  # the updates go to this copy
+    variables = work.trainable_variables
+    if len(rms) != len(variables) or any(
+        tuple(r.shape) != tuple(v.shape) for r, v in zip(rms, variables)
+    ):
+        raise ValueError("rms does not match the model's trainable variables (gradient_rms).")
+    sum_rms = float(sum(np.mean(r) for r in rms))
+    if sum_rms <= 0:
+        raise ValueError("rms is all zero: the gradient statistics saw no real token.")
+    rms_t = [tf.constant(r, tf.float32) for r in rms]
+    theta_0 = [tf.constant(v.numpy()) for v in variables]
+    rates = [tf.constant(np.minimum(decay * r / sum_rms, 1.0), tf.float32) for r in rms]
+    step = _segment_step(work, variables)
+    lr_t = tf.constant(lr, tf.float32)
+    states = work.get_initial_state(1)
+    units_nll, units_tokens = [], []
+    start = time.perf_counter()
+    for inputs, targets in stream_windows(stream, segment_length):
+        out = step(inputs, targets, states, lr_t, rms_t, theta_0, rates)
+        states = out["states"]
+        units_nll.append(out["nll"].numpy())
+        units_tokens.append(out["tokens"].numpy())
+        if progress is not None:
+            progress.update()
+    nll, tokens = np.concatenate(units_nll), np.concatenate(units_tokens)
+    result = perplexity_summary(float(nll.sum()), float(tokens.sum()))
+    result["units"] = {"nll": nll, "tokens": tokens}
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def static_and_dynamic(
+    model,
+    stream,
+    rms: list[np.ndarray],
+    lr: float,
+    decay: float,
+    segment_length: int = 20,
+    B: int = 1000,
+    seed: int = 0,
+    block_tokens: int = 512,
+    progress=None,
+) -> dict:
+    """Static and dynamic perplexity of one stream on the same segments, with intervals.
+
+    The static pass is ``evaluate_stream_perplexity`` with ``window=segment_length``, so both
+    passes score the same segments. Intervals resample contiguous blocks of about
+    ``block_tokens`` tokens (``keras_rnnlm.intervals``); the gain is the paired bootstrap of
+    ``log ppl(dynamic) - log ppl(static)`` (negative: dynamic evaluation helps).
+
+    Args:
+        model: a stateless ``RNNLanguageModel`` (not modified).
+        stream: 1-D int token ids.
+        rms: ``gradient_rms`` of the model.
+        lr: learning rate of the RMS-normalised step.
+        decay: ``lambda`` of the decay toward the trained weights.
+        segment_length: tokens scored before each update.
+        B: bootstrap replicates.
+        seed: seed of the resampling.
+        block_tokens: tokens per resampled block (rounded to whole segments).
+        progress: a ``keras_rnnlm.progress.Progress`` counting dynamic segments, or None.
+
+    Returns:
+        ``{"perplexity", "perplexity_ci95", "tokens", "bits_per_token", "dynamic_perplexity",
+        "dynamic_perplexity_ci95", "dynamic_bits_per_token", "dynamic_gain": {
+        "log_ppl_difference", "log_ppl_difference_ci95"}, "bootstrap", "seconds"}``.
+
+    Example:
+
+    >>> static_and_dynamic(model, test_ids, rms, lr=1e-4, decay=0.02)["dynamic_gain"]
+    """
+    from keras_rnnlm.evaluation import evaluate_stream_perplexity
+    from keras_rnnlm.intervals import block_units, bootstrap_perplexity, paired_bootstrap_difference
+
+    start = time.perf_counter()
+    static = evaluate_stream_perplexity(model, stream, segment_length, return_units=True)
+    static_seconds = time.perf_counter() - start
+    dynamic = dynamic_stream_units(model, stream, rms, lr, decay, segment_length, progress)
+    block = max(1, round(block_tokens / segment_length))
+    s_nll, s_tok = block_units(static["units"]["nll"], static["units"]["tokens"], block)
+    d_nll, d_tok = block_units(dynamic["units"]["nll"], dynamic["units"]["tokens"], block)
+    return {
+        "perplexity": static["perplexity"],
+        "perplexity_ci95": bootstrap_perplexity(s_nll, s_tok, B=B, seed=seed),
+        "tokens": static["tokens"],
+        "bits_per_token": static["bits_per_token"],
+        "dynamic_perplexity": dynamic["perplexity"],
+        "dynamic_perplexity_ci95": bootstrap_perplexity(d_nll, d_tok, B=B, seed=seed),
+        "dynamic_bits_per_token": dynamic["bits_per_token"],
+        "dynamic_gain": paired_bootstrap_difference(s_nll, s_tok, d_nll, d_tok, B=B, seed=seed),
+        "bootstrap": {
+            "B": B,
+            "seed": seed,
+            "unit": "block",
+            "segments_per_block": block,
+            "units": len(s_nll),
+        },
+        "seconds": {"static": round(static_seconds, 2), "dynamic": round(dynamic["seconds"], 2)},
+    }
+
+
+def text_file_stream(vocabulary, text_file, max_tokens: int | None = None) -> np.ndarray:
+    """A text file (one sentence per line) as one token stream, sentences ended by ``<eos>``,
+    as ``keras_rnnlm.runs.score_text_units`` reads it in stream mode."""
+    from keras_rnnlm.data.corpora import text_files_corpus
+    from keras_rnnlm.data.pipelines import token_stream
+
+    sentences = [ids for ids in vocabulary.encode_batch(text_files_corpus(text_file).train) if ids]
+    if not sentences:
+        raise ValueError(f"{text_file} holds no text.")
+    return token_stream(sentences)[:max_tokens]
+
+
+def dynamic_evaluate_text_file(
+    path,
+    text_file,
+    train_file,
+    lr: float = 1.5e-4,
+    decay: float = 0.02,
+    segment_length: int = 20,
+    stat_tokens: int | None = 200_000,
+    rows: int = 64,
+    B: int = 1000,
+    seed: int = 0,
+    block_tokens: int = 512,
+    mode: str | None = None,
+    quiet: bool = False,
+) -> dict:
+    """``keras-rnnlm evaluate MODEL --test-file F --dynamic``: static vs dynamic evaluation.
+
+    Args:
+        path: a run directory or an export (``keras_rnnlm.runs.load_any_model``); nothing in it
+            is modified or written.
+        text_file: the evaluated text, one sentence per line, read as one stream.
+        train_file: training text for the gradient statistics (``gradient_rms``).
+        lr: learning rate of the RMS-normalised step.
+        decay: ``lambda`` of the decay toward the trained weights.
+        segment_length: tokens scored before each update.
+        stat_tokens: training tokens used for the statistics (None: all).
+        rows: parallel streams of the statistics' gradients.
+        B: bootstrap replicates.
+        seed: seed of the resampling.
+        block_tokens: tokens per resampled block.
+        mode: ``"stream"`` (or None: the model must have been trained on a stream).
+        quiet: no progress on stderr.
+
+    Returns:
+        ``static_and_dynamic``'s dict plus ``"mode"``, ``"dynamic"`` (the settings and the
+        gradient statistics' size), ``"file"`` and ``"model"``.
+
+    Example:
+
+    >>> dynamic_evaluate_text_file("saved_models/ptb_word_lstm_small", "ptb.test.txt",
+    ...                            "ptb.train.txt", lr=1e-4, decay=0.02)["dynamic_perplexity"]
+    """
+    from keras_rnnlm.progress import Progress
+    from keras_rnnlm.runs import load_any_model
+
+    model, vocabulary, info = load_any_model(path)
+    if (mode or info["mode"]) != "stream":
+        raise ValueError(
+            f"--dynamic reads the text as one stream, but {path} was trained on sentences; "
+            "pass --mode stream to evaluate it as a stream anyway."
+        )
+    stream = text_file_stream(vocabulary, text_file)
+    start = time.perf_counter()
+    rms, statistics = gradient_rms(
+        model, text_file_stream(vocabulary, train_file), segment_length, rows, stat_tokens
+    )
+    statistics.update(file=str(train_file), seconds=round(time.perf_counter() - start, 2))
+    segments = -(-(len(stream) - 1) // segment_length)
+    with Progress(segments, "dynamic evaluation", "segments", quiet=quiet) as progress:
+        result = static_and_dynamic(
+            model, stream, rms, lr, decay, segment_length, B, seed, block_tokens, progress
+        )
+    result["mode"] = "stream"
+    result["dynamic"] = {
+        "lr": lr,
+        "decay": decay,
+        "segment_length": segment_length,
+        "epsilon": DEFAULT_EPSILON,
+        "rule": "theta += -lr*g/(rms+epsilon) + min(decay*rms/sum(mean(rms)), 1)*(theta_0-theta)",
+        "gradient_statistics": statistics,
+    }
+    result.update(file=str(text_file), model=str(path))
+    return result
