@@ -1,0 +1,169 @@
+"""Per-row state resets: ``reset[b, t] = 1`` zeroes row ``b``'s states before step ``t``.
+
+Truths: the same row run alone from zero states (outputs), exact zeros (gradients across a
+reset), the reference loop (the fast loop's outputs and hand-written gradients).
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_rnnlm.layers import Recurrent, StackedRecurrent
+
+CELLS = ["lstm", "gru", "simple_rnn"]
+IMPLEMENTATIONS = ["reference", "fast"]
+BATCH, TIME, FEATURES = 3, 8, 5
+X = np.random.default_rng(0).normal(size=(BATCH, TIME, FEATURES)).astype("float32")
+RESET = np.zeros((BATCH, TIME), np.int32)
+RESET[0, 3] = 1  # row 0: a new document at step 3
+RESET[2, [0, 5]] = 1  # row 2: at the start (drops the initial state) and at step 5
+MASK = np.ones((BATCH, TIME), bool)
+MASK[1, 6:] = False  # row 1 (no reset) is right-padded
+
+
+def make_stack(cell, implementation, num_layers=2):
+    stack = StackedRecurrent(cell, units=4, num_layers=num_layers, implementation=implementation)
+    stack.build(X.shape)
+    return stack
+
+
+def twin_stacks(cell):
+    """A reference stack and a fast stack with the same weights."""
+    reference = make_stack(cell, "reference")
+    fast = make_stack(cell, "fast")
+    fast.set_weights(reference.get_weights())
+    return reference, fast
+
+
+def random_states(stack, seed=1):
+    rng = np.random.default_rng(seed)
+    return [
+        [tf.constant(rng.normal(size=(BATCH, size)).astype("float32")) for size in sizes]
+        for sizes in stack.state_sizes
+    ]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_row_after_reset_equals_row_started_alone(cell, implementation):
+    stack = make_stack(cell, implementation)
+    initial = random_states(stack)
+    with_reset, states = stack(X, mask=MASK, initial_state=initial, reset=RESET)
+    without, plain_states = stack(X, mask=MASK, initial_state=initial)
+    with_reset, without = np.asarray(with_reset), np.asarray(without)
+    # before its reset, row 0 is unchanged; from it on, it is row 0 started alone at step 3
+    np.testing.assert_allclose(with_reset[0, :3], without[0, :3], atol=1e-6)
+    alone, alone_states = stack(X[:1, 3:])
+    np.testing.assert_allclose(with_reset[0, 3:], np.asarray(alone)[0], atol=1e-5)
+    # the other rows keep their states: row 1 (never reset) is untouched
+    np.testing.assert_allclose(with_reset[1], without[1], atol=1e-6)
+    # row 2: reset at 0 ignores the initial state; reset at 5 restarts again
+    first, _ = stack(X[2:3, :5])
+    second, _ = stack(X[2:3, 5:])
+    np.testing.assert_allclose(with_reset[2, :5], np.asarray(first)[0], atol=1e-5)
+    np.testing.assert_allclose(with_reset[2, 5:], np.asarray(second)[0], atol=1e-5)
+    assert not np.allclose(with_reset[0, 3:], without[0, 3:], atol=1e-3)  # the reset acted
+    # final states: row 0's are those of the row alone, row 1's those without resets
+    for layer, layer_alone, layer_plain in zip(states, alone_states, plain_states):
+        for s, s_alone, s_plain in zip(layer, layer_alone, layer_plain):
+            np.testing.assert_allclose(np.asarray(s)[0], np.asarray(s_alone)[0], atol=1e-5)
+            np.testing.assert_allclose(np.asarray(s)[1], np.asarray(s_plain)[1], atol=1e-6)
+
+
+def _loss_after_reset(stack, x, initial, reset):
+    """A weighted sum of row 0's outputs from its reset (step 3) on."""
+    outputs, _ = stack(x, initial_state=initial, reset=reset)
+    weights = tf.constant(np.linspace(-1.0, 2.0, outputs.shape[-1]), tf.float32)
+    return tf.reduce_sum(outputs[0, 3:] * weights)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_loss_after_reset_has_exactly_zero_gradient_before_it(cell, implementation):
+    stack = make_stack(cell, implementation)
+    x = tf.constant(X)
+    initial = random_states(stack)
+    with tf.GradientTape() as tape:
+        tape.watch([x, initial])
+        loss = _loss_after_reset(stack, x, initial, RESET)
+    d_x, d_initial = tape.gradient(
+        loss, [x, initial], unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    d_x = np.asarray(d_x)
+    assert np.all(d_x[0, :3] == 0.0)  # exactly: nothing before the reset reaches the loss
+    assert np.all(d_x[1:] == 0.0)  # other rows never reach row 0's loss
+    assert np.all(np.abs(d_x[0, 3:]).sum(axis=-1) > 0)  # every step after it does
+    for layer in d_initial:
+        for d_state in layer:
+            assert np.all(np.asarray(d_state)[0] == 0.0)
+    # without the reset, the earlier inputs do matter (the test can fail)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = _loss_after_reset(stack, x, initial, np.zeros_like(RESET))
+    assert np.abs(np.asarray(tape.gradient(loss, x))[0, :3]).sum() > 1e-4
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_fast_equals_reference_with_resets(cell):
+    reference, fast = twin_stacks(cell)
+    initial = random_states(reference)
+    x = tf.constant(X)
+    upstream = tf.constant(np.random.default_rng(2).normal(size=(BATCH, TIME, 4)), tf.float32)
+    results = {}
+    for name, stack in (("reference", reference), ("fast", fast)):
+        with tf.GradientTape() as tape:
+            tape.watch([x, initial])
+            outputs, states = stack(x, mask=MASK, initial_state=initial, reset=RESET)
+            loss = tf.reduce_sum(outputs * upstream) + sum(
+                tf.reduce_sum(s * s) for layer in states for s in layer
+            )
+        gradients = tape.gradient(loss, [x, initial, stack.trainable_weights])
+        results[name] = (outputs, states, gradients)
+    for got, want in zip(
+        tf.nest.flatten(results["fast"]), tf.nest.flatten(results["reference"]), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert all(layer.uses_fast_time_loop for layer in fast.rnn_layers)
+
+
+def test_stateful_layer_carries_reset_states_into_the_next_batch():
+    layer = Recurrent(_lstm_cell(), return_sequences=True, stateful=True)
+    layer.build(X.shape)
+    reset = np.zeros((BATCH, TIME), np.int32)
+    reset[:, 0] = 1
+    layer(X, reset=reset)  # every row restarts at step 0: the carried states are the ones
+    after_reset = [np.asarray(v) for v in layer.state_variables]
+    fresh = Recurrent(_lstm_cell(), return_sequences=True, return_state=True)
+    fresh.build(X.shape)
+    fresh.cell.set_weights(layer.cell.get_weights())
+    _, *alone = fresh(X)
+    for carried, want in zip(after_reset, alone):
+        np.testing.assert_allclose(carried, np.asarray(want), atol=1e-5)
+
+
+def _lstm_cell():
+    from keras_rnnlm.cells import LSTMCell
+
+    return LSTMCell(4)
+
+
+@pytest.mark.parametrize(
+    ("reset", "error"),
+    [
+        (np.zeros((BATCH, TIME, 1)), "rank 2"),
+        (np.array([["a"] * TIME] * BATCH), "bool or 0/1"),
+    ],
+)
+def test_bad_reset_is_refused(reset, error):
+    stack = make_stack("lstm", "reference")
+    with pytest.raises((ValueError, TypeError), match=error):
+        stack(X, reset=reset)
+
+
+def test_reset_needs_forward_from_scratch_layers():
+    backwards = Recurrent(_lstm_cell(), go_backwards=True)
+    with pytest.raises(ValueError, match="go_backwards"):
+        backwards(X, reset=RESET)
+    builtin = StackedRecurrent("lstm", units=4, num_layers=1, use_builtin_layers=True)
+    with pytest.raises(ValueError, match="use_builtin_layers=False"):
+        builtin(X, reset=RESET)
