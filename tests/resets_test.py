@@ -4,11 +4,25 @@ Truths: the same row run alone from zero states (outputs), exact zeros (gradient
 reset), the reference loop (the fast loop's outputs and hand-written gradients).
 """
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_rnnlm.backbone import make_backbone, run_backbone, split_reset_inputs
+from keras_rnnlm.data.corpora import python_docs_corpus, read_lines, split_documents
+from keras_rnnlm.data.pipelines import (
+    document_stream,
+    document_stream_dataset,
+    encode_corpus,
+    encode_documents,
+    stream_dataset,
+    token_stream,
+)
+from keras_rnnlm.data.vocabulary import EOS_ID, Vocabulary
+from keras_rnnlm.evaluation import evaluate_stream_perplexity
 from keras_rnnlm.layers import Recurrent, StackedRecurrent
+from keras_rnnlm.models import RNNLanguageModel
 
 CELLS = ["lstm", "gru", "simple_rnn"]
 IMPLEMENTATIONS = ["reference", "fast"]
@@ -167,3 +181,127 @@ def test_reset_needs_forward_from_scratch_layers():
     builtin = StackedRecurrent("lstm", units=4, num_layers=1, use_builtin_layers=True)
     with pytest.raises(ValueError, match="use_builtin_layers=False"):
         builtin(X, reset=RESET)
+
+
+# --- documents: data, stream evaluation ------------------------------------------------------
+
+LINES = ["the cat sat", "on the mat", "", "", "a dog ran", "   ", "the end", "a cat"]
+
+
+def test_split_documents_at_blank_lines_and_at_a_token():
+    assert split_documents(LINES) == [
+        ["the cat sat", "on the mat"],
+        ["a dog ran"],
+        ["the end", "a cat"],
+    ]
+    token_lines = ["a b", "<doc>", "c", " <doc> ", "<doc>", "d e", ""]
+    assert split_documents(token_lines, "<doc>") == [["a b"], ["c"], ["d e", ""]]
+    with pytest.raises(ValueError, match="boundary"):
+        split_documents(LINES, "  ")
+
+
+def test_document_stream_keeps_the_stream_and_marks_each_documents_start():
+    vocabulary = Vocabulary.build(LINES, sentence_start="<eos>")
+    documents = encode_documents(vocabulary, LINES)
+    assert len(documents) == 3 and [len(d) for d in documents] == [2, 1, 2]
+    stream, reset = document_stream(documents)
+    # the same tokens as the plain stream of the non-blank lines (blank lines survive only
+    # as boundaries)
+    np.testing.assert_array_equal(stream, token_stream(encode_corpus(vocabulary, LINES)))
+    starts = np.flatnonzero(reset)
+    np.testing.assert_array_equal(starts, [0, 7, 11])  # "the cat sat <eos> on the mat <eos>"
+    assert all(stream[p] == EOS_ID for p in starts[1:])
+    for p, document in zip(starts[1:], documents[1:]):
+        assert stream[p + 1] == document[0][0]  # the next token opens the document
+
+
+def test_document_stream_dataset_is_stream_dataset_with_resets():
+    rng = np.random.default_rng(3)
+    documents = [
+        [list(rng.integers(4, 20, size=rng.integers(1, 6))) for _ in range(rng.integers(1, 4))]
+        for _ in range(12)
+    ]
+    sentences = [ids for document in documents for ids in document]
+    plain = list(stream_dataset(sentences, batch_size=3, num_steps=5))
+    with_docs = list(document_stream_dataset(documents, batch_size=3, num_steps=5))
+    assert len(plain) == len(with_docs) > 2
+    _, reset = document_stream(documents)
+    all_resets = []
+    for (x, y), (features, targets) in zip(plain, with_docs):
+        assert set(features) == {"token_ids", "reset"}
+        np.testing.assert_array_equal(features["token_ids"], x)
+        np.testing.assert_array_equal(targets, y)
+        all_resets.append(np.asarray(features["reset"]))
+    # row b of the batches is the stream's b-th slice: its resets are the stream's there
+    row_length = len(reset) // 3
+    rows = np.concatenate(all_resets, axis=1)  # (3, batches * num_steps)
+    for b in range(3):
+        np.testing.assert_array_equal(
+            rows[b], reset[b * row_length : b * row_length + rows.shape[1]]
+        )
+
+
+def test_python_docs_topics_and_shakespeare_speeches_are_documents(shakespeare_dir):
+    plain, with_topics = python_docs_corpus(), python_docs_corpus(documents=True)
+    assert [line for line in with_topics.train if line] == plain.train  # same text, same splits
+    topics = split_documents(with_topics.train)
+    assert len(topics) > 50 and split_documents(plain.train) == [plain.train]
+    speeches = split_documents(read_lines(shakespeare_dir / "input.txt"))
+    assert len(speeches) > 5000
+    assert all(speech[0].rstrip().endswith(":") for speech in speeches)  # "ROMEO:" opens each
+
+
+def tiny_model():
+    model = RNNLanguageModel(vocabulary_size=12, num_layers=2, units=6, embedding_dim=5)
+    model.build((None, None))
+    return model
+
+
+def test_stream_nll_with_resets_equals_each_document_scored_alone():
+    rng = np.random.default_rng(4)
+    documents = [
+        [list(rng.integers(4, 12, size=rng.integers(1, 5))) for _ in range(rng.integers(1, 4))]
+        for _ in range(5)
+    ]
+    stream, reset = document_stream(documents)
+    model = tiny_model()
+    result = evaluate_stream_perplexity(model, stream, window=7, reset=reset, return_units=True)
+    # truth: each document alone from zero states, <eos> first (the first document has no
+    # token before it: its first token is not predicted, as in the plain stream)
+    total, tokens = 0.0, 0
+    for k, document in enumerate(documents):
+        sequence = token_stream(document)
+        sequence = sequence if k == 0 else np.concatenate([[EOS_ID], sequence])
+        logits = np.asarray(model(sequence[None, :-1]), np.float64)[0]
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        total -= log_probs[np.arange(len(sequence) - 1), sequence[1:]].sum()
+        tokens += len(sequence) - 1
+    assert result["tokens"] == tokens == len(stream) - 1
+    np.testing.assert_allclose(result["units"]["nll"].sum(), total, rtol=1e-5)
+    carried = evaluate_stream_perplexity(model, stream, window=7)
+    assert carried["tokens"] == tokens
+    assert abs(carried["nll_per_token"] * tokens - total) > 1e-3  # the resets change the NLL
+    with pytest.raises(ValueError, match="aligned"):
+        evaluate_stream_perplexity(model, stream, reset=reset[:-1])
+
+
+def test_model_fit_on_document_stream_batches():
+    class DocumentLM(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.embedding, (self.rnn,) = make_backbone(12, 6, units=6, stateful=True)
+            self.logits = keras.layers.Dense(12)
+
+        def call(self, inputs, training=False):
+            token_ids, reset = split_reset_inputs(inputs)
+            hidden, _ = run_backbone(self.embedding, self.rnn, token_ids, None, training, reset)
+            return self.logits(hidden)
+
+    rng = np.random.default_rng(5)
+    documents = [[list(rng.integers(4, 12, size=4))] for _ in range(40)]
+    dataset = document_stream_dataset(documents, batch_size=4, num_steps=6)
+    model = DocumentLM()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(dataset, epochs=3, verbose=0, shuffle=False)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
