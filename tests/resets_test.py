@@ -10,7 +10,13 @@ import pytest
 import tensorflow as tf
 
 from keras_rnnlm.backbone import make_backbone, run_backbone, split_reset_inputs
-from keras_rnnlm.data.corpora import python_docs_corpus, read_lines, split_documents
+from keras_rnnlm.data.corpora import (
+    Corpus,
+    python_docs_corpus,
+    read_lines,
+    split_documents,
+    strip_document_boundaries,
+)
 from keras_rnnlm.data.pipelines import (
     document_stream,
     document_stream_dataset,
@@ -20,7 +26,7 @@ from keras_rnnlm.data.pipelines import (
     token_stream,
 )
 from keras_rnnlm.data.vocabulary import EOS_ID, Vocabulary
-from keras_rnnlm.evaluation import evaluate_stream_perplexity
+from keras_rnnlm.evaluation import evaluate_stream_perplexity, forward_with_reset
 from keras_rnnlm.layers import Recurrent, StackedRecurrent
 from keras_rnnlm.models import RNNLanguageModel
 
@@ -198,6 +204,9 @@ def test_split_documents_at_blank_lines_and_at_a_token():
     assert split_documents(token_lines, "<doc>") == [["a b"], ["c"], ["d e", ""]]
     with pytest.raises(ValueError, match="boundary"):
         split_documents(LINES, "  ")
+    corpus = Corpus("toy", train=token_lines, valid=[], test=LINES)
+    stripped = strip_document_boundaries(corpus, "<doc>")
+    assert stripped.train == ["a b", "c", "d e", ""] and stripped.test == LINES
 
 
 def test_document_stream_keeps_the_stream_and_marks_each_documents_start():
@@ -305,3 +314,38 @@ def test_model_fit_on_document_stream_batches():
     history = model.fit(dataset, epochs=3, verbose=0, shuffle=False)
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def _model_reads_resets():
+    import inspect
+
+    return "reset" in inspect.signature(RNNLanguageModel.forward).parameters
+
+
+@pytest.mark.skipif(
+    not _model_reads_resets(), reason="RNNLanguageModel.forward has no `reset` yet (models.py)"
+)
+@pytest.mark.parametrize("jit_compile", [False, "auto"])  # reference path, fast path
+def test_language_model_trains_on_document_batches(jit_compile):
+    from keras_rnnlm.training import compile_language_model
+
+    rng = np.random.default_rng(6)
+    documents = [[list(rng.integers(4, 12, size=4))] for _ in range(40)]
+    dataset = document_stream_dataset(documents, batch_size=4, num_steps=6)
+    model = RNNLanguageModel(12, num_layers=1, units=6, embedding_dim=6, stateful=True)
+    model.build((4, None))
+    compile_language_model(model, "adam", 0.01, jit_compile=jit_compile)
+    features, _ = next(iter(dataset))
+    # the dict input is the reset-aware forward; the ids alone are the plain one
+    np.testing.assert_allclose(
+        np.asarray(model(features)),
+        np.asarray(
+            forward_with_reset(
+                model, features["token_ids"], model.get_initial_state(4), features["reset"]
+            )[0]
+        ),
+        atol=1e-6,
+    )
+    model.reset_states()
+    history = model.fit(dataset, epochs=2, verbose=0, shuffle=False)
+    assert np.all(np.isfinite(history.history["loss"]))

@@ -127,6 +127,24 @@ def split_documents(lines: list[str], boundary: str = BLANK_LINE) -> list[list[s
     return documents
 
 
+def strip_document_boundaries(corpus: Corpus, boundary: str = BLANK_LINE) -> Corpus:
+    """``corpus`` without its boundary lines (for building the vocabulary: a boundary token
+    is not a word of the text). Blank lines carry no token, so ``"blank"`` changes nothing
+    that ``encode_corpus`` or ``Vocabulary.build`` sees.
+
+    Example:
+
+    >>> strip_document_boundaries(corpus, "<doc>").train  # the lines of split_documents
+    """
+    lines = {
+        name: [
+            line for document in split_documents(corpus.split(name), boundary) for line in document
+        ]
+        for name in ("train", "valid", "test")
+    }
+    return dataclasses.replace(corpus, **lines)
+
+
 def text_files_corpus(
     train_file, valid_file=None, test_file=None, level="word", lowercase=False, errors="strict"
 ) -> Corpus:
@@ -197,10 +215,16 @@ def tiny_shakespeare_corpus(manual_dir=None, data_dir=None, level="char") -> Cor
     return Corpus("tiny_shakespeare", train=train, valid=valid, test=test, level=level)
 
 
-def load_corpus(name: str, manual_dir=None, data_dir=None, level: str | None = None) -> Corpus:
-    """Load a named corpus: ``python_docs``, ``ptb`` or ``tiny_shakespeare``."""
+def load_corpus(
+    name: str, manual_dir=None, data_dir=None, level: str | None = None, documents: bool = False
+) -> Corpus:
+    """Load a named corpus: ``python_docs``, ``ptb`` or ``tiny_shakespeare``.
+
+    ``documents``: python_docs topics separated by blank lines (``python_docs_corpus``); Tiny
+    Shakespeare's blank lines already separate its speeches, PTB has no document marks.
+    """
     if name == "python_docs":
-        return python_docs_corpus(level or "word")
+        return python_docs_corpus(level or "word", documents=documents)
     if name == "ptb":
         if level == "char":
             raise ValueError("The ptb corpus is word level; use --level word.")
