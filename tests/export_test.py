@@ -95,6 +95,18 @@ CONSUMER = textwrap.dedent(
 )
 
 
+def _run_consumer(tmp_path, script, export_dir, inputs):
+    """Run ``script`` (a TF-only consumer) on ``export_dir`` and ``inputs``; its outputs."""
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    (tmp_path / "consumer.py").write_text(script)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "consumer.py"), str(export_dir), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "consumer ok" in proc.stdout, proc.stderr[-3000:]
+    return np.load(tmp_path / "out.npz")
+
+
 @pytest.mark.parametrize("cell,use_builtin_layers", [("lstm", False), ("gru", True)])
 def test_tf_only_process_serves_every_signature(tmp_path, cell, use_builtin_layers):
     model, vocab = _trained(cell, use_builtin_layers=use_builtin_layers)
@@ -105,14 +117,7 @@ def test_tf_only_process_serves_every_signature(tmp_path, cell, use_builtin_laye
     assert Vocabulary.load(export_dir / "vocabulary.json") == vocab
 
     inputs = {f"ids_{b}": _ids(b, vocab.size) for b in (1, 3, 17)}
-    np.savez(tmp_path / "inputs.npz", **inputs)
-    (tmp_path / "consumer.py").write_text(CONSUMER)
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "consumer.py"), str(export_dir), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0 and "consumer ok" in proc.stdout, proc.stderr[-3000:]
-    out = np.load(tmp_path / "out.npz")
+    out = _run_consumer(tmp_path, CONSUMER, export_dir, inputs)
     for b in (1, 3, 17):
         ids = inputs[f"ids_{b}"]
         real = ids != 0
@@ -386,14 +391,7 @@ def test_step_with_reset_restarts_one_row_and_keeps_the_others(tmp_path):
     assert "step_with_reset" in card["signatures"] and "step" in card["signatures"]
     ids = RNG.integers(4, vocab.size, size=(3, 5)).astype("int32")
     ids[:, 0] = 2
-    np.savez(tmp_path / "inputs.npz", ids=ids)
-    (tmp_path / "consumer.py").write_text(STEP_WITH_RESET_CONSUMER)
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "consumer.py"), str(export_dir), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0 and "consumer ok" in proc.stdout, proc.stderr[-3000:]
-    out = np.load(tmp_path / "out.npz")
+    out = _run_consumer(tmp_path, STEP_WITH_RESET_CONSUMER, export_dir, {"ids": ids})
     # truth: the Keras model on whole sequences; row 1 reads only its last token, from zero
     whole = np.asarray(model(ids))[:, -1]
     alone = np.asarray(model(ids[1:2, -1:]))[0, -1]
