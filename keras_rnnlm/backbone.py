@@ -161,12 +161,53 @@ def run_backbone(
     token_ids,
     initial_state=None,
     training: bool = False,
+    reset=None,
 ):
     """Embed ``token_ids`` ``(batch, time)`` and run ``stack`` over them, padding masked.
+
+    Args:
+        embedding, stack: from ``make_backbone``.
+        token_ids: int ``(batch, time)``, 0 = padding.
+        initial_state: optional per-layer lists of states (default zeros).
+        training: enables dropout.
+        reset: optional ``(batch, time)`` per-row state resets (``Recurrent``): a row's states
+            are zeroed before each marked token (a new document starts there).
 
     Returns:
         ``(outputs, final_states)`` of the stack: outputs ``(batch, time, output_dim)``; the
         final states are each row's states after its last real token.
     """
     x, mask = embed(embedding, token_ids)
-    return stack(x, mask=mask, initial_state=initial_state, training=training)
+    kwargs = {} if reset is None else {"reset": reset}
+    return stack(x, mask=mask, initial_state=initial_state, training=training, **kwargs)
+
+
+#: The keys of a model input that carries per-row resets (``split_reset_inputs``).
+TOKEN_IDS_KEY, RESET_KEY = "token_ids", "reset"
+
+
+def split_reset_inputs(inputs) -> tuple:
+    """``(token_ids, reset)`` of a model input: ids alone (``reset`` None) or a dict
+    ``{"token_ids": ids, "reset": resets}`` as ``keras_rnnlm.data.pipelines`` makes for
+    document streams.
+
+    Args:
+        inputs: int ``(batch, time)`` ids, or a dict with ``"token_ids"`` and, optionally,
+            ``"reset"`` (``(batch, time)`` bool or 0/1).
+
+    Returns:
+        ``(token_ids, reset)``; ``reset`` is None when absent.
+
+    Example:
+
+    >>> split_reset_inputs({"token_ids": ids, "reset": resets})  # (ids, resets)
+    """
+    if not isinstance(inputs, dict):
+        return inputs, None
+    unknown = set(inputs) - {TOKEN_IDS_KEY, RESET_KEY}
+    if TOKEN_IDS_KEY not in inputs or unknown:
+        raise ValueError(
+            f"A dict input needs the key {TOKEN_IDS_KEY!r} and optionally {RESET_KEY!r}; got "
+            f"keys {sorted(inputs)}."
+        )
+    return inputs[TOKEN_IDS_KEY], inputs.get(RESET_KEY)

@@ -6,7 +6,8 @@ target id 0, never counts), summed per row in float64, with the per-row count of
 
 * static evaluation (``evaluate_perplexity``): one row per sentence (or window) of a dataset;
 * stream evaluation (``evaluate_stream_perplexity``): one row, one window at a time, the
-  recurrent state carried from window to window;
+  recurrent state carried from window to window (and zeroed at document boundaries when given
+  per-token resets, ``keras_rnnlm.data.pipelines.document_stream``);
 * scoring (``keras_rnnlm.scoring.score_ids``, ``score_sentences``, ``text_perplexity``):
   one row per sentence, with the per-token NLLs.
 
@@ -21,6 +22,7 @@ with the same input shapes reuses the traced graph (no retrace, no XLA recompila
 """
 
 import collections
+import inspect
 import math
 from collections.abc import Callable, Hashable
 
@@ -140,17 +142,47 @@ def sequence_nll_function(model, per_token: bool = False) -> Callable:
     return cached_function(model, ("sequence", per_token), build, reduce_retracing=True)
 
 
-def stream_nll_function(model) -> Callable:
-    """The cached XLA ``fn(inputs, targets, states) -> nll_sums + {"states"}`` of ``model``."""
+def forward_with_reset(model, inputs, states, reset=None, training: bool = False):
+    """``model.forward(inputs, initial_state=states)``, a row's states zeroed before the
+    tokens where ``reset`` ``(batch, time)`` is true (``keras_rnnlm.layers.Recurrent``).
+
+    Args:
+        model: an ``RNNLanguageModel`` (from-scratch layers).
+        inputs: int ``(batch, time)`` ids.
+        states: per-layer lists of states.
+        reset: None (plain ``forward``) or per-row resets.
+        training: enables dropout.
+
+    Returns:
+        ``(logits, final_states)`` as ``model.forward``.
+
+    Example:
+
+    >>> logits, states = forward_with_reset(model, ids, model.get_initial_state(1), resets)
+    """
+    if reset is None:
+        return model.forward(inputs, initial_state=states, training=training)
+    if "reset" in inspect.signature(model.forward).parameters:
+        return model.forward(inputs, initial_state=states, training=training, reset=reset)
+    from keras_rnnlm.backbone import run_backbone
+
+    hidden, states = run_backbone(model.embedding, model.rnn, inputs, states, training, reset)
+    return model.logits_from_hidden(hidden, training), states
+
+
+def stream_nll_function(model, with_reset: bool = False) -> Callable:
+    """The cached XLA ``fn(inputs, targets, states[, reset]) -> nll_sums + {"states"}`` of
+    ``model`` (``with_reset``: a per-token reset ``(batch, time)`` as 4th argument)."""
 
     def build():
-        def fn(inputs, targets, states):
-            logits, states = model.forward(inputs, initial_state=states)
+        def fn(inputs, targets, states, reset=None):
+            logits, states = forward_with_reset(model, inputs, states, reset)
             return {**nll_sums(targets, logits), "states": states}
 
         return fn
 
-    return cached_function(model, "stream", build, jit_compile=True)
+    key = ("stream", "reset") if with_reset else "stream"
+    return cached_function(model, key, build, jit_compile=True)
 
 
 def perplexity_summary(total_nll: float, total_tokens: float) -> dict:
@@ -219,7 +251,11 @@ def stream_windows(stream, window: int):
 
 
 def evaluate_stream_perplexity(
-    model: keras.Model, stream: np.ndarray, window: int = 256, return_units: bool = False
+    model: keras.Model,
+    stream: np.ndarray,
+    window: int = 256,
+    return_units: bool = False,
+    reset: np.ndarray | None = None,
 ) -> dict:
     """Exact perplexity of a token stream read as one sequence (batch 1), as Zaremba et al.
     evaluate: every token after the first is predicted from the whole stream before it.
@@ -230,6 +266,9 @@ def evaluate_stream_perplexity(
         stream: 1-D int ids.
         window: tokens per compiled step (one XLA compilation per window size).
         return_units: also return ``"units"``: per-window ``{"nll", "tokens"}`` arrays.
+        reset: optional per-token resets aligned with ``stream`` (``document_stream``): the
+            state is zeroed before the tokens where it is 1, so each document is scored as if
+            alone (``<eos> document`` from zero states). Same targets as without it.
 
     Returns:
         ``{"perplexity", "nll_per_token", "bits_per_token", "tokens"}`` (+ ``"units"``).
@@ -237,14 +276,24 @@ def evaluate_stream_perplexity(
     Example:
 
     >>> evaluate_stream_perplexity(model, test_ids, window=256)["perplexity"]
+    >>> stream, reset = document_stream(encode_documents(vocabulary, lines))
+    >>> evaluate_stream_perplexity(model, stream, reset=reset)["perplexity"]
     """
     if len(np.asarray(stream)) < 2:
         raise ValueError("A stream needs at least 2 tokens.")
-    fn = stream_nll_function(model)
+    if reset is not None and np.shape(reset) != np.shape(stream):
+        raise ValueError(
+            f"reset must be aligned with the stream: shape {np.shape(reset)} != {np.shape(stream)}."
+        )
+    fn = stream_nll_function(model, with_reset=reset is not None)
     states = model.get_initial_state(1)
     units_nll, units_tokens = [], []
+    resets = stream_windows(reset, window) if reset is not None else None
     for inputs, targets in stream_windows(stream, window):
-        sums = fn(inputs, targets, states)
+        if resets is None:
+            sums = fn(inputs, targets, states)
+        else:
+            sums = fn(inputs, targets, states, next(resets)[0] != 0)
         states = sums["states"]
         units_nll.append(sums["nll"].numpy())
         units_tokens.append(sums["tokens"].numpy())

@@ -69,6 +69,9 @@ class StackedRecurrent(keras.layers.Layer):
         mask: optional boolean ``(batch, time)``.
         initial_state: optional list with, for every layer, that layer's list of states.
         training: enables dropout.
+        reset: optional ``(batch, time)`` per-row state resets for every layer (see
+            ``Recurrent``): a row's states in all layers are zeroed before the marked steps.
+            Needs the from-scratch, unidirectional layers.
 
     Returns:
         ``(outputs, states)``: outputs ``(batch, time, units[-1])`` (doubled when
@@ -162,12 +165,19 @@ class StackedRecurrent(keras.layers.Layer):
             if hasattr(layer, "reset_state"):
                 layer.reset_state()
 
-    def call(self, inputs, mask=None, initial_state=None, training=False):
+    def call(self, inputs, mask=None, initial_state=None, training=False, reset=None):
+        if reset is not None and (self.use_builtin_layers or self.bidirectional):
+            raise ValueError(
+                f"{self.name}: per-row `reset` needs use_builtin_layers=False and "
+                "bidirectional=False (Keras's fused layers and Bidirectional have no reset input)."
+            )
         x = inputs
         final_states = []
         for i, layer in enumerate(self.rnn_layers):
             layer_input = self.dropout_layers[i](x, training=training)
             kwargs = {"mask": mask, "training": training}
+            if reset is not None:
+                kwargs["reset"] = reset
             if initial_state is not None:
                 kwargs["initial_state"] = list(initial_state[i])
             result = layer(layer_input, **kwargs)

@@ -12,6 +12,7 @@ from keras_rnnlm.backbone import (
     check_backbone_arguments,
     make_backbone,
     run_backbone,
+    split_reset_inputs,
 )
 from keras_rnnlm.data.fit_inputs import StallFreeFitMixin
 from keras_rnnlm.fast import bf16_matmul_is_fast, check_implementation
@@ -154,6 +155,8 @@ class RNNLanguageModel(StallFreeFitMixin, keras.Model):
             )
 
     def build(self, input_shape):
+        if isinstance(input_shape, dict):  # {"token_ids", "reset"} (document streams)
+            input_shape = input_shape["token_ids"]
         input_shape = tuple(input_shape)
         build_backbone(self.embedding, [self.rnn], input_shape)
         if self.tie_embeddings:
@@ -204,22 +207,30 @@ class RNNLanguageModel(StallFreeFitMixin, keras.Model):
         logits = low_precision_dense(flat, kernel, bias, dtype)
         return tf.reshape(logits, tf.concat([tf.shape(hidden)[:-1], [-1]], axis=0))
 
-    def forward(self, token_ids, initial_state=None, training=False):
+    def forward(self, token_ids, initial_state=None, training=False, reset=None):
         """Logits and the final states (per layer, per state) after reading ``token_ids``.
 
         Padded positions (id 0) leave the states unchanged, so the final states of a
-        right-padded batch are each row's states after its last real token.
+        right-padded batch are each row's states after its last real token. ``reset``
+        (optional ``(batch, time)``, bool or 0/1) zeroes a row's states before the marked
+        tokens (``keras_rnnlm.layers.Recurrent``).
         """
-        hidden, states = self.hidden_states(token_ids, initial_state, training)
+        hidden, states = self.hidden_states(token_ids, initial_state, training, reset)
         logits = self.logits_from_hidden(hidden, training)  # (batch, time, vocabulary_size)
         return logits, states
 
-    def hidden_states(self, token_ids, initial_state=None, training=False):
-        """The last recurrent layer's outputs ``(batch, time, units)`` and the final states."""
+    def hidden_states(self, token_ids, initial_state=None, training=False, reset=None):
+        """The last recurrent layer's outputs ``(batch, time, units)`` and the final states.
+
+        ``token_ids`` may also be a dict ``{"token_ids", "reset"}`` (document stream batches,
+        ``keras_rnnlm.data.pipelines.document_stream_dataset``).
+        """
+        if isinstance(token_ids, dict):
+            token_ids, reset = split_reset_inputs(token_ids)
         check_token_ids(token_ids, self.vocabulary_size, rank=2)
         if not self.built:
             self.build(tuple(token_ids.shape))
-        return run_backbone(self.embedding, self.rnn, token_ids, initial_state, training)
+        return run_backbone(self.embedding, self.rnn, token_ids, initial_state, training, reset)
 
     def step(self, token_ids, states):
         """One decoding step: logits ``(batch, vocabulary_size)`` for the next token and the new
@@ -248,7 +259,8 @@ class RNNLanguageModel(StallFreeFitMixin, keras.Model):
         return self.logits_from_hidden(x), new_states
 
     def call(self, inputs, training=False):
-        return self.forward(inputs, training=training)[0]
+        token_ids, reset = split_reset_inputs(inputs)  # ids, or {"token_ids", "reset"}
+        return self.forward(token_ids, training=training, reset=reset)[0]
 
     def compute_mask(self, inputs, mask=None):
         return None

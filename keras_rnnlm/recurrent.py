@@ -27,6 +27,35 @@ def as_list(states):
     return list(states) if isinstance(states, (list, tuple)) else [states]
 
 
+def check_reset(reset, name: str = "layer"):
+    """``reset`` as a bool tensor ``(batch, time)`` (None stays None), or a clear error.
+
+    Args:
+        reset: None, or per-row resets: bool or integer 0/1 values of rank 2.
+        name: the layer's name, for the error message.
+
+    Returns:
+        None or the bool tensor.
+
+    Example:
+
+    >>> check_reset(np.array([[0, 1, 0]])).dtype
+    tf.bool
+    """
+    if reset is None:
+        return None
+    reset = tf.convert_to_tensor(reset)
+    if reset.shape.rank is not None and reset.shape.rank != 2:
+        raise ValueError(
+            f"{name}: `reset` must have rank 2 (batch, time), got shape {tuple(reset.shape)}."
+        )
+    if reset.dtype == tf.bool:
+        return reset
+    if not (reset.dtype.is_integer or reset.dtype.is_floating):
+        raise TypeError(f"{name}: `reset` must be bool or 0/1 numbers, got {reset.dtype.name}.")
+    return tf.not_equal(reset, tf.zeros((), reset.dtype))
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Recurrent(keras.layers.Layer):
     """Runs a recurrent cell over the time axis.
@@ -58,6 +87,11 @@ class Recurrent(keras.layers.Layer):
         initial_state: optional list of ``(batch, units)`` tensors (default zeros, or the
             carried states when ``stateful``).
         training: passed to nothing (cells are deterministic); kept for the Keras protocol.
+        reset: optional ``(batch, time)`` bool or 0/1 ints, per-row state resets:
+            ``reset[b, t]`` true zeroes row ``b``'s states just before step ``t`` (a new
+            document starts there), so its outputs from ``t`` on are those of the row started
+            alone from zero states, and no gradient flows back across the reset. Other rows
+            keep their states. Not with ``go_backwards``.
 
     Returns:
         ``outputs`` (shape as described by ``return_sequences``), followed by the final states
@@ -139,7 +173,13 @@ class Recurrent(keras.layers.Layer):
             ops.zeros((batch_size, size), dtype=self.compute_dtype) for size in self.state_sizes
         ]
 
-    def call(self, inputs, mask=None, initial_state=None, training=False):
+    def call(self, inputs, mask=None, initial_state=None, training=False, reset=None):
+        reset = check_reset(reset, self.name)
+        if reset is not None and self.go_backwards:
+            raise ValueError(
+                f"{self.name}: per-row `reset` is not supported with go_backwards=True "
+                "(a reset marks where a document starts when reading forwards)."
+            )
         batch_size = ops.shape(inputs)[0]
         if initial_state is not None:
             states = as_list(initial_state)
@@ -153,9 +193,9 @@ class Recurrent(keras.layers.Layer):
 
         projected = self.cell.project_inputs(inputs)  # (batch, time, gates * units)
         if self.uses_fast_time_loop:  # like keras.layers.LSTM.inner_loop trying cuDNN
-            outputs, last_output, states = fast_time_loop(self, projected, mask, states)
+            outputs, last_output, states = fast_time_loop(self, projected, mask, states, reset)
         else:
-            outputs, last_output, states = self._time_loop(projected, mask, states)
+            outputs, last_output, states = self._time_loop(projected, mask, states, reset)
 
         if self.stateful:
             for variable, state in zip(self.state_variables, states, strict=True):
@@ -165,8 +205,10 @@ class Recurrent(keras.layers.Layer):
             return [result, *states]
         return result
 
-    def _time_loop(self, projected, mask, states):
-        """The reference loop: ``cell.step`` at every time step; masked steps keep the state."""
+    def _time_loop(self, projected, mask, states, reset=None):
+        """The reference loop: ``cell.step`` at every time step; masked steps keep the state;
+        a row's states are zeroed before the steps where ``reset`` (bool ``(batch, time)``) is
+        true."""
         time_major = tf.transpose(projected, [1, 0, 2])  # (time, batch, gates * units)
         num_steps = tf.shape(time_major)[0]
         static_steps = time_major.shape[0]
@@ -174,10 +216,16 @@ class Recurrent(keras.layers.Layer):
         if mask is not None:
             mask_tm = tf.transpose(tf.cast(mask, "bool"), [1, 0])[:, :, None]  # (time, batch, 1)
             masks = tf.TensorArray(tf.bool, size=num_steps).unstack(mask_tm)
+        if reset is not None:
+            reset_tm = tf.transpose(tf.cast(reset, "bool"), [1, 0])[:, :, None]
+            resets = tf.TensorArray(tf.bool, size=num_steps).unstack(reset_tm)
         ys = tf.TensorArray(self.compute_dtype, size=num_steps)
         last = tf.zeros_like(states[0][:, : self.cell.output_size])
 
         def body(t, states, last, ys):
+            if reset is not None:
+                r = resets.read(t)  # (batch, 1)
+                states = [tf.where(r, tf.zeros_like(s), s) for s in states]
             output, new_states = self.cell.step(xs.read(t), states)
             new_states = as_list(new_states)
             if mask is not None:

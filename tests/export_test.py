@@ -95,6 +95,18 @@ CONSUMER = textwrap.dedent(
 )
 
 
+def _run_consumer(tmp_path, script, export_dir, inputs):
+    """Run ``script`` (a TF-only consumer) on ``export_dir`` and ``inputs``; its outputs."""
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    (tmp_path / "consumer.py").write_text(script)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "consumer.py"), str(export_dir), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "consumer ok" in proc.stdout, proc.stderr[-3000:]
+    return np.load(tmp_path / "out.npz")
+
+
 @pytest.mark.parametrize("cell,use_builtin_layers", [("lstm", False), ("gru", True)])
 def test_tf_only_process_serves_every_signature(tmp_path, cell, use_builtin_layers):
     model, vocab = _trained(cell, use_builtin_layers=use_builtin_layers)
@@ -105,14 +117,7 @@ def test_tf_only_process_serves_every_signature(tmp_path, cell, use_builtin_laye
     assert Vocabulary.load(export_dir / "vocabulary.json") == vocab
 
     inputs = {f"ids_{b}": _ids(b, vocab.size) for b in (1, 3, 17)}
-    np.savez(tmp_path / "inputs.npz", **inputs)
-    (tmp_path / "consumer.py").write_text(CONSUMER)
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "consumer.py"), str(export_dir), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0 and "consumer ok" in proc.stdout, proc.stderr[-3000:]
-    out = np.load(tmp_path / "out.npz")
+    out = _run_consumer(tmp_path, CONSUMER, export_dir, inputs)
     for b in (1, 3, 17):
         ids = inputs[f"ids_{b}"]
         real = ids != 0
@@ -141,6 +146,7 @@ def test_tf_only_process_serves_every_signature(tmp_path, cell, use_builtin_laye
         "serving_default",
         "score",
         "step",
+        "step_with_reset",
         "initial_state",
         "generate",
         "generate_top_p",
@@ -344,3 +350,53 @@ def test_reexport_keeps_the_weights_and_the_card(tmp_path):
     first_card = json.loads((first / "model_card.json").read_text())
     assert card["corpus"] == "toy" and card["config"] == first_card["config"]
     _assert_serves_log_softmax_of(model, again, vocab, atol=1e-5)
+
+
+STEP_WITH_RESET_CONSUMER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    export_dir, inputs_path, outputs_path = sys.argv[1:4]
+    loaded = tf.saved_model.load(export_dir)
+    ids = np.load(inputs_path)["ids"]  # (3, time): rows read in step, then one more token
+    step, step_with_reset = loaded.signatures["step"], loaded.signatures["step_with_reset"]
+    state = loaded.signatures["initial_state"](batch_size=tf.constant(3))
+    for t in range(ids.shape[1] - 1):
+        state = {k: v for k, v in step(token=tf.constant(ids[:, t]), **state).items() if k != "logits"}
+    last = tf.constant(ids[:, -1])
+    reset = step_with_reset(token=last, reset=tf.constant([0, 1, 0]), **state)
+    no_reset = step_with_reset(token=last, reset=tf.constant([0, 0, 0]), **state)
+    plain = step(token=last, **state)
+    refused = ""
+    try:
+        step_with_reset(token=last, reset=tf.constant([0, 1]), **state)
+    except tf.errors.InvalidArgumentError as error:
+        refused = error.message
+    assert not any(m.split(".")[0] == "keras_rnnlm" for m in sys.modules), "keras_rnnlm imported"
+    np.savez(outputs_path, reset=reset["logits"].numpy(), no_reset=no_reset["logits"].numpy(),
+             plain=plain["logits"].numpy(), refused=np.array(refused),
+             reset_h0=reset["h_0"].numpy(), plain_h0=plain["h_0"].numpy())
+    print("consumer ok")
+    """
+)
+
+
+def test_step_with_reset_restarts_one_row_and_keeps_the_others(tmp_path):
+    model, vocab = _trained("lstm")
+    export_dir = export_saved_model(model, vocab, tmp_path / "export")
+    assert {"step", "step_with_reset"} <= set(
+        json.loads((export_dir / "model_card.json").read_text())["signatures"]
+    )
+    ids = RNG.integers(4, vocab.size, size=(3, 5)).astype("int32")
+    ids[:, 0] = 2
+    out = _run_consumer(tmp_path, STEP_WITH_RESET_CONSUMER, export_dir, {"ids": ids})
+    # truth: the Keras model on whole sequences; row 1 reads only its last token, from zero
+    whole = np.asarray(model(ids))[:, -1]
+    alone = np.asarray(model(ids[1:2, -1:]))[0, -1]
+    np.testing.assert_allclose(out["reset"][[0, 2]], whole[[0, 2]], atol=1e-5)
+    np.testing.assert_allclose(out["reset"][1], alone, atol=1e-5)
+    assert not np.allclose(out["reset"][1], whole[1], atol=1e-3)  # the reset acted
+    np.testing.assert_allclose(out["no_reset"], out["plain"], atol=1e-6)  # reset 0 = step
+    np.testing.assert_allclose(out["reset_h0"][[0, 2]], out["plain_h0"][[0, 2]], atol=1e-6)
+    assert "one value per token" in str(out["refused"])

@@ -59,23 +59,90 @@ def read_lines(path, errors: str = "strict") -> list[str]:
         ) from None
 
 
-def python_docs_corpus(level: str = "word") -> Corpus:
+def python_docs_corpus(level: str = "word", documents: bool = False) -> Corpus:
     """CPython's bundled documentation, split 90/5/5 deterministically in blocks of 100 lines.
 
     Lines without a letter or digit (reStructuredText underlines) are dropped.
+
+    Args:
+        level: ``"word"`` or ``"char"``.
+        documents: put a blank line wherever a new topic (one help page) starts inside a
+            split, so that ``split_documents(lines, "blank")`` gives the topics as documents;
+            the other lines (and the splits) are the same either way.
     """
     from pydoc_data.topics import topics
 
-    lines = []
-    for name in sorted(topics):
-        lines.extend(line.strip() for line in topics[name].splitlines())
-    lines = [line for line in lines if re.search(r"\w", line)]
+    lines, topic_of = [], []
+    for index, name in enumerate(sorted(topics)):
+        kept = [line.strip() for line in topics[name].splitlines()]
+        kept = [line for line in kept if re.search(r"\w", line)]
+        lines.extend(kept)
+        topic_of.extend([index] * len(kept))
     splits = {"train": [], "valid": [], "test": []}
     for block_start in range(0, len(lines), 100):
         block = block_start // 100
         split = "valid" if block % 20 == 18 else "test" if block % 20 == 19 else "train"
-        splits[split].extend(lines[block_start : block_start + 100])
+        for i in range(block_start, min(block_start + 100, len(lines))):
+            if documents and splits[split] and topic_of[i] != topic_of[i - 1]:
+                splits[split].append("")
+            splits[split].append(lines[i])
     return Corpus("python_docs", level=level, lowercase=(level == "word"), **splits)
+
+
+#: ``split_documents`` boundary: blank (empty or all-space) lines separate documents.
+BLANK_LINE = "blank"
+
+
+def split_documents(lines: list[str], boundary: str = BLANK_LINE) -> list[list[str]]:
+    """Group text lines into documents at boundary lines (which are dropped).
+
+    Args:
+        lines: text lines (``Corpus.train`` etc.: ``python_docs_corpus(documents=True)``,
+            Tiny Shakespeare, whose blank lines separate speeches, or text files).
+        boundary: ``"blank"``: blank lines separate documents (runs of them count once);
+            any other string: a line that is exactly this token (after stripping spaces)
+            separates documents, e.g. ``"<doc>"``.
+
+    Returns:
+        The documents, each a list of its (non-boundary) lines; empty documents are dropped.
+
+    Example:
+
+    >>> split_documents(["a b", "c", "", "d"])
+    [['a b', 'c'], ['d']]
+    """
+    if not isinstance(boundary, str) or not boundary.strip():
+        raise ValueError(f"boundary must be {BLANK_LINE!r} or a non-empty token, got {boundary!r}.")
+    documents, current = [], []
+    for line in lines:
+        stripped = line.strip()
+        if (not stripped) if boundary == BLANK_LINE else stripped == boundary.strip():
+            if current:
+                documents.append(current)
+            current = []
+        elif stripped or boundary != BLANK_LINE:
+            current.append(line)
+    if current:
+        documents.append(current)
+    return documents
+
+
+def strip_document_boundaries(corpus: Corpus, boundary: str = BLANK_LINE) -> Corpus:
+    """``corpus`` without its boundary lines (for building the vocabulary: a boundary token
+    is not a word of the text). Blank lines carry no token, so ``"blank"`` changes nothing
+    that ``encode_corpus`` or ``Vocabulary.build`` sees.
+
+    Example:
+
+    >>> strip_document_boundaries(corpus, "<doc>").train  # the lines of split_documents
+    """
+    lines = {
+        name: [
+            line for document in split_documents(corpus.split(name), boundary) for line in document
+        ]
+        for name in ("train", "valid", "test")
+    }
+    return dataclasses.replace(corpus, **lines)
 
 
 def text_files_corpus(
@@ -148,10 +215,16 @@ def tiny_shakespeare_corpus(manual_dir=None, data_dir=None, level="char") -> Cor
     return Corpus("tiny_shakespeare", train=train, valid=valid, test=test, level=level)
 
 
-def load_corpus(name: str, manual_dir=None, data_dir=None, level: str | None = None) -> Corpus:
-    """Load a named corpus: ``python_docs``, ``ptb`` or ``tiny_shakespeare``."""
+def load_corpus(
+    name: str, manual_dir=None, data_dir=None, level: str | None = None, documents: bool = False
+) -> Corpus:
+    """Load a named corpus: ``python_docs``, ``ptb`` or ``tiny_shakespeare``.
+
+    ``documents``: python_docs topics separated by blank lines (``python_docs_corpus``); Tiny
+    Shakespeare's blank lines already separate its speeches, PTB has no document marks.
+    """
     if name == "python_docs":
-        return python_docs_corpus(level or "word")
+        return python_docs_corpus(level or "word", documents=documents)
     if name == "ptb":
         if level == "char":
             raise ValueError("The ptb corpus is word level; use --level word.")

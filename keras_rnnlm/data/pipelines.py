@@ -13,6 +13,12 @@ Stream mode (truncated back-propagation through time, Zaremba et al. 2014): the 
 token stream (``<eos>`` after every sentence), cut into ``batch_size`` parallel rows and then
 into ``num_steps`` windows; window ``i + 1`` of a row continues window ``i``, so a stateful
 model can carry its state across batches.
+
+Document streams (stream mode with ``--document-boundary``): the same stream, plus a per-token
+``reset`` (``document_stream``) that is 1 at the ``<eos>`` just before each document's first
+token, where the model's states are zeroed: that ``<eos>`` then starts the document like the
+start token of a stream-trained model, and nothing of the previous document reaches it.
+Batches are ``({"token_ids": inputs, "reset": resets}, targets)`` (``document_stream_dataset``).
 """
 
 from collections.abc import Sequence
@@ -20,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_rnnlm.backbone import RESET_KEY, TOKEN_IDS_KEY
+from keras_rnnlm.data.corpora import BLANK_LINE, split_documents
 from keras_rnnlm.data.vocabulary import BOS_ID, EOS_ID
 
 PREFETCH_BATCHES = 2  # batches prepared ahead of the model (the pipelines are cheap)
@@ -44,6 +52,28 @@ def prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
 def encode_corpus(vocabulary, sentences: Sequence[str]) -> list[list[int]]:
     """Encode text lines into id lists; empty lines are dropped."""
     return [ids for ids in vocabulary.encode_batch(list(sentences)) if ids]
+
+
+def encode_documents(
+    vocabulary, lines: Sequence[str], boundary: str = BLANK_LINE
+) -> list[list[list[int]]]:
+    """Encode text lines into documents of sentences (id lists), split at ``boundary``.
+
+    Args:
+        vocabulary: a ``Vocabulary``.
+        lines: text lines, documents separated by boundary lines (``split_documents``).
+        boundary: ``"blank"`` (blank lines separate documents) or a token: a line that is
+            exactly that token (after stripping spaces) separates documents.
+
+    Returns:
+        One list of sentence id lists per document; empty sentences and documents dropped.
+
+    Example:
+
+    >>> encode_documents(vocab, ["the cat", "", "a dog"])  # [[[4, 5]], [[6, 7]]]
+    """
+    documents = [encode_corpus(vocabulary, lines) for lines in split_documents(lines, boundary)]
+    return [document for document in documents if document]
 
 
 def sentence_windows(
@@ -210,6 +240,33 @@ def token_stream(sentences: Sequence[Sequence[int]]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
 
 
+def document_stream(documents: Sequence[Sequence[Sequence[int]]]) -> tuple[np.ndarray, np.ndarray]:
+    """The documents as one token stream and its per-token resets.
+
+    Args:
+        documents: lists of sentence id lists (``encode_documents``).
+
+    Returns:
+        ``(stream, reset)``: ``stream`` is ``token_stream`` of all the sentences in order (the
+        same tokens and targets as without documents); ``reset`` int32, same length, is 1 at
+        position 0 and at the ``<eos>`` before each later document's first token (a model reads
+        that ``<eos>`` from zero states, so document ``k`` is scored as ``<eos> document``
+        alone), 0 elsewhere.
+
+    Example:
+
+    >>> document_stream([[[5, 6]], [[7]]])
+    (array([5, 6, 3, 7, 3], dtype=int32), array([1, 0, 1, 0, 0], dtype=int32))
+    """
+    lengths = [sum(len(ids) + 1 for ids in document) for document in documents]
+    stream = token_stream([ids for document in documents for ids in document])
+    reset = np.zeros(len(stream), np.int32)
+    if len(stream):
+        reset[0] = 1
+        reset[np.cumsum(lengths)[:-1] - 1] = 1  # each later document's preceding <eos>
+    return stream, reset
+
+
 def stream_batches(
     stream: np.ndarray, batch_size: int, num_steps: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -219,20 +276,25 @@ def stream_batches(
     by one. Tokens that do not fill a whole ``batch_size`` x ``num_steps`` window are dropped
     (fewer than ``batch_size * (num_steps + 1)`` of them).
     """
+    return _cut_rows(stream, batch_size, num_steps, 0), _cut_rows(stream, batch_size, num_steps, 1)
+
+
+def _cut_rows(values, batch_size: int, num_steps: int, shift: int) -> np.ndarray:
+    """``values`` (aligned with a stream) cut as ``stream_batches`` cuts its inputs
+    (``shift=0``) or targets (``shift=1``): int32 ``(num_batches, batch_size, num_steps)``."""
     if batch_size < 1 or num_steps < 1:
         raise ValueError("batch_size and num_steps must be >= 1.")
-    row_length = len(stream) // batch_size
+    row_length = len(values) // batch_size
     num_batches = (row_length - 1) // num_steps
     if num_batches < 1:
         raise ValueError(
-            f"A stream of {len(stream)} tokens is too short for batch_size={batch_size} and "
+            f"A stream of {len(values)} tokens is too short for batch_size={batch_size} and "
             f"num_steps={num_steps}."
         )
-    rows = np.asarray(stream[: batch_size * row_length], np.int32).reshape(batch_size, row_length)
+    rows = np.asarray(values[: batch_size * row_length], np.int32).reshape(batch_size, row_length)
     span = num_batches * num_steps
-    inputs = rows[:, :span].reshape(batch_size, num_batches, num_steps).transpose(1, 0, 2)
-    targets = rows[:, 1 : span + 1].reshape(batch_size, num_batches, num_steps).transpose(1, 0, 2)
-    return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
+    cut = rows[:, shift : span + shift].reshape(batch_size, num_batches, num_steps)
+    return np.ascontiguousarray(cut.transpose(1, 0, 2))
 
 
 def stream_dataset(
@@ -241,6 +303,27 @@ def stream_dataset(
     """TBPTT batches in order (never shuffled), static shape ``(batch_size, num_steps)``."""
     inputs, targets = stream_batches(token_stream(sentences), batch_size, num_steps)
     return prefetched(tf.data.Dataset.from_tensor_slices((inputs, targets)))
+
+
+def document_stream_dataset(
+    documents: Sequence[Sequence[Sequence[int]]], batch_size: int = 20, num_steps: int = 20
+) -> tf.data.Dataset:
+    """TBPTT batches of a document stream, in order: ``({"token_ids", "reset"}, targets)``.
+
+    The batches are those of ``stream_dataset`` on the same sentences, with the inputs in a
+    dict beside their per-token ``reset`` (``document_stream``), all int32 ``(batch_size,
+    num_steps)``. A model reading the dict (``keras_rnnlm.backbone.split_reset_inputs``)
+    zeroes a row's states where ``reset`` is 1, so no context crosses a document boundary.
+
+    Example:
+
+    >>> documents = encode_documents(vocab, lines, boundary="blank")
+    >>> x, y = next(iter(document_stream_dataset(documents, 20, 35)))  # x["reset"]: (20, 35)
+    """
+    stream, reset = document_stream(documents)
+    inputs, targets = stream_batches(stream, batch_size, num_steps)
+    features = {TOKEN_IDS_KEY: inputs, RESET_KEY: _cut_rows(reset, batch_size, num_steps, 0)}
+    return prefetched(tf.data.Dataset.from_tensor_slices((features, targets)))
 
 
 def pad_rows(rows: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:

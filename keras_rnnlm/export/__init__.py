@@ -19,6 +19,12 @@ Signatures (names are an interface; batch size is dynamic everywhere):
   score counts the final ``<eos>`` (``num_tokens`` = tokens + 1), everywhere.
 * ``step``: ``token`` int32 ``(batch,)`` and the states ``h_0`` (``c_0`` for LSTMs), ``h_1``, ...
   -> ``logits`` ``(batch, vocabulary_size)`` and the new states under the same names.
+* ``step_with_reset``: as ``step`` with one more input, ``reset`` int32 ``(batch,)``: the
+  states of the rows where it is not 0 are zeroed before the step, so ``reset = 1`` with the
+  stream's start token (the card's ``start_id``) begins a new stream in that row while the
+  other rows keep theirs. A server can multiplex independent streams (requests) in one
+  fixed batch and start a new one in a freed row without rebuilding the states of the
+  others (continuous batching); ``step`` keeps its inputs unchanged.
 * ``initial_state``: ``batch_size`` int32 scalar -> zero states.
 * ``generate``: ``prompt_ids`` int32 ``(batch, time)`` right-padded (start with the card's
   ``start_id``: ``<bos>`` = 2, or ``<eos>`` = 3 for stream-trained models), ``max_new_tokens``,

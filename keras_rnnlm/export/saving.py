@@ -66,6 +66,7 @@ def export_saved_model(
         "serving_default": server.score,
         "score": server.score,
         "step": server.step,
+        "step_with_reset": server.step_with_reset,
         "initial_state": server.initial_state,
         "generate": server.generate,
         "generate_top_p": server.generate_top_p,

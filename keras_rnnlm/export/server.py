@@ -106,6 +106,7 @@ class LanguageModelServer(tf.Module):
 
         self._score_xla = tf.function(self._score, jit_compile=True)
         self._step_xla = tf.function(self._step, jit_compile=True)
+        self._step_with_reset_xla = tf.function(self._step_with_reset, jit_compile=True)
         self._generate_xla = tf.function(self._generate, jit_compile=True)
 
         ids_spec = tf.TensorSpec(None, tf.int32, name="token_ids")  # rank checked at run time
@@ -118,6 +119,14 @@ class LanguageModelServer(tf.Module):
         self.step = tf.function(
             self._checked_step,
             input_signature=[tf.TensorSpec(None, tf.int32, name="token"), *state_specs],
+        )
+        self.step_with_reset = tf.function(
+            self._checked_step_with_reset,
+            input_signature=[
+                tf.TensorSpec(None, tf.int32, name="token"),
+                tf.TensorSpec(None, tf.int32, name="reset"),
+                *state_specs,
+            ],
         )
         self.initial_state = tf.function(
             self._initial_state, input_signature=[tf.TensorSpec((), tf.int32, name="batch_size")]
@@ -193,6 +202,11 @@ class LanguageModelServer(tf.Module):
         out.update({name: s for name, s in zip(self.state_names, flat)})
         return out
 
+    def _step_with_reset(self, token, reset, *states):
+        """``_step`` after zeroing the states of the rows where ``reset`` is not 0."""
+        zero = (reset != 0)[:, None]
+        return self._step(token, *[tf.where(zero, tf.zeros_like(s), s) for s in states])
+
     def _generate(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed):
         """The library's prefill and sampler loop (``keras_rnnlm.samplers``), settings as tensors."""
         static = (None, self.vocabulary_size)  # XLA's sort needs the vocabulary size statically
@@ -233,6 +247,17 @@ class LanguageModelServer(tf.Module):
     def _checked_step(self, token, *states):
         with tf.control_dependencies(self._check_ids(token, "token", rank=1)):
             return self._step_xla(tf.ensure_shape(token, (None,)), *states)
+
+    def _checked_step_with_reset(self, token, reset, *states):
+        checks = self._check_ids(token, "token", rank=1) + [
+            tf.debugging.assert_rank(reset, 1, message="reset must have rank 1 (batch,)"),
+            tf.debugging.assert_equal(
+                tf.shape(reset), tf.shape(token), message="reset needs one value per token"
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            token, reset = tf.ensure_shape(token, (None,)), tf.ensure_shape(reset, (None,))
+            return self._step_with_reset_xla(token, reset, *states)
 
     def _initial_state(self, batch_size):
         return {

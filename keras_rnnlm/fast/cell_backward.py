@@ -12,6 +12,10 @@ recurrent_kernel`` and output ``h_t = new_states[0]``, so one step's backward pa
   d_states)``: the gradient with respect to ``z`` (which is also the gradient of
   ``projected_x``) and to the previous states. The time loop sums ``h_{t-1}^T @ d_z`` over all
   steps in one matrix product for the gradient of ``recurrent_kernel``.
+
+Per-row state resets need nothing here: the time loop (``fast.time_loop``) zeroes the reset
+rows' states before calling ``step_with_residuals`` (so the saved ``states`` are the zeroed
+ones) and zeroes those rows of the returned ``d_states`` (nothing reaches earlier steps).
 """
 
 from keras import ops

@@ -15,6 +15,10 @@ computation even when the surrounding train step is a TensorFlow graph:
 relative / 1e-5 absolute; losses to 1e-5) and the hand-written backward against finite
 differences (float64). One XLA compilation per input shape; the compiled functions are
 cached on the layer (untracked, never saved).
+
+Per-row resets (``reset``, bool ``(batch, time)``, see ``Recurrent.call``) zero a row's states
+before a step in both loops; the explicit backward then stops the state gradient there
+(the zeroed states do not depend on the earlier ones).
 """
 
 import keras
@@ -29,7 +33,7 @@ def _steps(time_major):
     return static if static is not None else tf.shape(time_major)[0]
 
 
-def fast_time_loop(layer, projected, mask, states):
+def fast_time_loop(layer, projected, mask, states, reset=None):
     """``layer._time_loop`` on the fast path: explicit backward when the cell has a rule.
 
     Args:
@@ -37,6 +41,7 @@ def fast_time_loop(layer, projected, mask, states):
         projected: ``(batch, time, gates * units)``, the cell's ``project_inputs``.
         mask: boolean ``(batch, time)`` or None.
         states: list of ``(batch, units)`` initial states.
+        reset: bool ``(batch, time)`` per-row state resets, or None.
 
     Returns:
         ``(outputs (batch, time, units), last_output (batch, units), final_states)``, as the
@@ -47,15 +52,22 @@ def fast_time_loop(layer, projected, mask, states):
     >>> outputs, last, states = fast_time_loop(layer, projected, None, initial_states)
     """
     if backward_rule(layer.cell) is not None:
-        return explicit_time_loop(layer, projected, mask, states)
-    return compiled_time_loop(layer, projected, mask, states)
+        return explicit_time_loop(layer, projected, mask, states, reset)
+    return compiled_time_loop(layer, projected, mask, states, reset)
 
 
-def _pure_time_loop(layer, projected, mask, states, weights):
+def _flag(value, dtype=tf.bool):
+    """``(value or a placeholder scalar, whether it was given)``: XLA functions need tensors."""
+    if value is None:
+        return tf.zeros((), dtype), False
+    return tf.cast(value, dtype), True
+
+
+def _pure_time_loop(layer, projected, mask, states, weights, reset=None):
     """``_time_loop`` with the cell's weights given as tensors (a pure function)."""
     mapping = list(zip(layer.cell.trainable_weights, weights))
     with keras.StatelessScope(state_mapping=mapping):
-        return layer._time_loop(projected, mask, states)
+        return layer._time_loop(projected, mask, states, reset)
 
 
 def _xla_functions(layer):
@@ -63,15 +75,24 @@ def _xla_functions(layer):
     if functions is not None:
         return functions
 
-    def forward(projected, mask, states, weights, has_mask):
-        return _pure_time_loop(layer, projected, mask if has_mask else None, states, weights)
+    def forward(projected, mask, reset, states, weights, has_mask, has_reset):
+        return _pure_time_loop(
+            layer,
+            projected,
+            mask if has_mask else None,
+            states,
+            weights,
+            reset if has_reset else None,
+        )
 
-    def backward(projected, mask, states, weights, has_mask, upstream):
+    def backward(projected, mask, reset, states, weights, has_mask, has_reset, upstream):
         # recompute the forward inside the same XLA computation: the while loop's saved
         # intermediates (TensorLists) cannot be outputs of an XLA function
         with tf.GradientTape() as tape:
             tape.watch([projected, states, weights])
-            outputs, last, final = forward(projected, mask, states, weights, has_mask)
+            outputs, last, final = forward(
+                projected, mask, reset, states, weights, has_mask, has_reset
+            )
         return tape.gradient(
             [outputs, last, *final],
             [projected, states, weights],
@@ -87,7 +108,7 @@ def _xla_functions(layer):
     return functions
 
 
-def compiled_time_loop(layer, projected, mask, states):
+def compiled_time_loop(layer, projected, mask, states, reset=None):
     """``_time_loop`` as one XLA computation, and its gradient as another (``jit_time_loop``).
 
     TensorFlow cannot differentiate an XLA function holding a while loop through its
@@ -95,8 +116,8 @@ def compiled_time_loop(layer, projected, mask, states):
     recurrence forward, inside the compiled backward computation).
     """
     forward, backward = _xla_functions(layer)
-    has_mask = mask is not None
-    mask = mask if has_mask else tf.zeros((), tf.bool)
+    mask, has_mask = _flag(mask)
+    reset, has_reset = _flag(reset)
     weights = [tf.convert_to_tensor(w) for w in layer.cell.trainable_weights]
     num_states = len(states)
 
@@ -104,15 +125,16 @@ def compiled_time_loop(layer, projected, mask, states):
     def loop(projected, mask, *flat):
         states, weights = list(flat[:num_states]), list(flat[num_states:])
         outputs, last, final = forward(  # stop_gradient: see _explicit_time_loop
-            *tf.nest.map_structure(tf.stop_gradient, (projected, mask, states, weights)),
+            *tf.nest.map_structure(tf.stop_gradient, (projected, mask, reset, states, weights)),
             has_mask,
+            has_reset,
         )
         results = [outputs, last, *final]
 
         def grad(*upstream):
             upstream = [tf.zeros_like(r) if u is None else u for u, r in zip(upstream, results)]
             d_projected, d_states, d_weights = backward(
-                projected, mask, states, weights, has_mask, upstream
+                projected, mask, reset, states, weights, has_mask, has_reset, upstream
             )
             return [d_projected, None, *d_states, *d_weights]
 
@@ -137,19 +159,25 @@ def _explicit_xla_functions(layer, rule):
     cell = layer.cell
     step_with_residuals, step_backward = rule
 
-    def forward(projected, mask, states, recurrent_kernel, has_mask):
+    def forward(projected, mask, reset, states, recurrent_kernel, has_mask, has_reset):
         projected = tf.transpose(projected, [1, 0, 2])  # (time, batch, gates * units)
         num_steps = _steps(projected)
         xs = tf.TensorArray(projected.dtype, size=num_steps).unstack(projected)
         if has_mask:
             mask = tf.transpose(mask, [1, 0])[:, :, None]  # (time, batch, 1)
             masks = tf.TensorArray(tf.bool, size=num_steps).unstack(mask)
+        if has_reset:
+            reset = tf.transpose(reset, [1, 0])[:, :, None]  # (time, batch, 1)
+            resets = tf.TensorArray(tf.bool, size=num_steps).unstack(reset)
         ys = tf.TensorArray(projected.dtype, size=num_steps)
         residuals = tf.TensorArray(projected.dtype, size=num_steps)
         inputs = [tf.TensorArray(s.dtype, size=num_steps) for s in states]  # states_{t-1}
         last = tf.zeros_like(states[0])
 
         def body(t, states, last, ys, residuals, inputs):
+            if has_reset:  # the step reads (and the backward uses) the zeroed states
+                r = resets.read(t)
+                states = [tf.where(r, tf.zeros_like(s), s) for s in states]
             inputs = [ta.write(t, s) for ta, s in zip(inputs, states)]
             new_states, residual = step_with_residuals(cell, xs.read(t), states, recurrent_kernel)
             output = new_states[0]
@@ -180,12 +208,16 @@ def _explicit_xla_functions(layer, rule):
         saved = [residuals.stack(), h_prev, *inputs]
         return tf.transpose(ys.stack(), [1, 0, 2]), last, states, saved
 
-    def backward(mask, recurrent_kernel, saved, d_outputs, d_last, d_states, has_mask):
+    def backward(
+        mask, reset, recurrent_kernel, saved, d_outputs, d_last, d_states, has_mask, has_reset
+    ):
         residuals, inputs = saved[0], saved[2:]
         num_steps = _steps(residuals)
         d_outputs = tf.transpose(d_outputs, [1, 0, 2])  # (time, batch, units)
         if has_mask:
             mask = tf.transpose(mask, [1, 0])  # (time, batch)
+        if has_reset:
+            reset = tf.transpose(reset, [1, 0])  # (time, batch)
         d_zs = tf.TensorArray(residuals.dtype, size=num_steps)
 
         def body(t, d_states, d_last, d_zs):
@@ -202,6 +234,9 @@ def _explicit_xla_functions(layer, rule):
                 d_last = tf.where(m, tf.zeros_like(d_last), d_last)
             else:
                 d_last = tf.zeros_like(d_last)
+            if has_reset:  # zeroed states: nothing flows to the steps before the reset
+                r = reset[step][:, None]
+                d_prev = [tf.where(r, tf.zeros_like(d), d) for d in d_prev]
             return t + 1, d_prev, d_last, d_zs.write(step, d_z)
 
         _, d_states, _, d_zs = tf.while_loop(
@@ -220,7 +255,7 @@ def _explicit_xla_functions(layer, rule):
     return functions
 
 
-def explicit_time_loop(layer, projected, mask, states):
+def explicit_time_loop(layer, projected, mask, states, reset=None):
     """``_time_loop`` as one XLA computation with a hand-written gradient (``jit_time_loop``).
 
     The forward computation also returns what the backward pass needs (per-step gate
@@ -229,8 +264,8 @@ def explicit_time_loop(layer, projected, mask, states):
     product outside the loop.
     """
     forward, backward = _explicit_xla_functions(layer, backward_rule(layer.cell))
-    has_mask = mask is not None
-    mask = tf.cast(mask, tf.bool) if has_mask else tf.zeros((), tf.bool)
+    mask, has_mask = _flag(mask)
+    reset, has_reset = _flag(reset)
     recurrent_kernel = tf.convert_to_tensor(layer.cell.recurrent_kernel)
 
     @tf.custom_gradient
@@ -239,9 +274,10 @@ def explicit_time_loop(layer, projected, mask, states):
         # (its while loop's TensorLists cannot leave it); `grad` below is the gradient
         outputs, last, final, saved = forward(
             *tf.nest.map_structure(
-                tf.stop_gradient, (projected, mask, list(states), recurrent_kernel)
+                tf.stop_gradient, (projected, mask, reset, list(states), recurrent_kernel)
             ),
             has_mask,
+            has_reset,
         )
         results = [outputs, last, *final]  # outputs: (batch, time, units)
 
@@ -249,7 +285,15 @@ def explicit_time_loop(layer, projected, mask, states):
             upstream = [tf.zeros_like(r) if u is None else u for u, r in zip(upstream, results)]
             d_outputs, d_last, d_final = upstream[0], upstream[1], upstream[2:]
             d_z, d_states = backward(
-                mask, recurrent_kernel, saved, d_outputs, d_last, list(d_final), has_mask
+                mask,
+                reset,
+                recurrent_kernel,
+                saved,
+                d_outputs,
+                d_last,
+                list(d_final),
+                has_mask,
+                has_reset,
             )  # d_z: (batch, time, gates * units), the gradient of `projected`
             units = recurrent_kernel.shape[0]
             h_prev = tf.reshape(saved[1], [-1, units])  # (batch * time, units)
