@@ -122,7 +122,7 @@ def fused_train_step(model, data):
         )
         if model.losses:
             loss = loss + tf.add_n(model.losses)
-        compat.update_loss_tracker(model, loss, tf.shape(x)[0])
+        compat.update_loss_tracker(model, loss, tf.shape(y)[0])  # x may be a dict
         scaled = model.optimizer.scale_loss(loss)
     gradients = tape.gradient(scaled, model.trainable_weights)
     model.optimizer.apply_gradients(zip(gradients, model.trainable_weights))
