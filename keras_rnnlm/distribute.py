@@ -177,9 +177,11 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
 def replicas_agree(strategy: tf.distribute.Strategy, value: int) -> bool:
     """Whether every replica of ``strategy`` (on every worker) holds the same ``value``; every
     worker gets the same answer (from the sums of ``value`` and ``value**2``)."""
-    per_replica = tf.function(
-        lambda: strategy.run(lambda: tf.constant([value, value * value], tf.float32))
-    )()
+
+    def sums():
+        return tf.constant([value, value * value], tf.float32)
+
+    per_replica = tf.function(lambda: strategy.run(sums), autograph=False)()
     total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
     n = strategy.num_replicas_in_sync
     return bool(n * total[1] == total[0] * total[0])
