@@ -66,9 +66,18 @@ class TrainingCrashedError(RuntimeError):
     The last completed epoch is kept; the same command resumes from it."""
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else "(no message)"
+def _error_line(error: BaseException) -> str:
+    """One line saying what ``error`` is: its first line, or for TensorFlow's "Graph execution
+    error:" (a header, then the op's stack) the first unindented line after it: the cause."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return "(no message)"
+    if lines[0].rstrip().endswith(":"):
+        causes = [line for line in lines[1:] if not line[0].isspace()]
+        causes = [line for line in causes if not line.startswith("Detected at node")]
+        if causes:
+            return f"{lines[0].strip()} {causes[0].strip()[:300]}"
+    return lines[0].strip()
 
 
 def _check_output_dir(path: Path, overwrite: bool):
@@ -259,7 +268,7 @@ def _train(config: TrainConfig, write_dir: Path, callbacks: list | None) -> dict
     except Exception as error:  # not a setting: the step, the devices or a worker failed
         raise TrainingCrashedError(
             f"training stopped after {checkpoint.saved_epoch} completed epoch(s): "
-            f"{type(error).__name__}: {_first_line(error)}. The same command resumes from the "
+            f"{type(error).__name__}: {_error_line(error)}. The same command resumes from the "
             f"last completed epoch ({output / BACKUP_DIR})"
             + (" when every worker reruns it." if config.strategy == "multi_worker" else ".")
         ) from error

@@ -300,14 +300,17 @@ def test_crash_inside_training_exits_4_with_a_hint_and_the_same_command_resumes(
     original = keras_rnnlm.run_training.SaveModelEachEpoch.on_epoch_end
 
     def peer_lost(self, epoch, logs=None):  # what a worker sees when its peer dies
-        raise tf.errors.UnavailableError(None, None, "task 1 heartbeat timeout\ndetails")
+        stack = "Detected at node Collective defined at (most recent call last):\n  File x\n"
+        cause = "Collective ops is aborted by: task 1 heartbeat timeout\n\t [[{{node C}}]]"
+        raise tf.errors.UnavailableError(None, None, f"Graph execution error:\n\n{stack}{cause}")
 
     monkeypatch.setattr(keras_rnnlm.run_training.SaveModelEachEpoch, "on_epoch_end", peer_lost)
     assert main(args) == cli.EXIT_CRASHED == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
         "keras-rnnlm train: training stopped after 1 completed epoch(s): "
-        "UnavailableError: task 1 heartbeat timeout. The same command resumes"
+        "UnavailableError: Graph execution error: Collective ops is aborted by: task 1 "
+        "heartbeat timeout. The same command resumes"
     )
     assert (run / "backup").is_dir() and not (run / "model.keras").exists()
     monkeypatch.setattr(keras_rnnlm.run_training.SaveModelEachEpoch, "on_epoch_end", original)

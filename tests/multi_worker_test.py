@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,64 @@ def test_two_workers_apply_the_one_device_updates(tmp_path):
         for name in names:
             w, w1 = workers[name], one[name]
             assert np.max(np.abs(w - w1) / np.maximum(1.0, np.abs(w1))) <= 1e-5, name
+
+
+def _cluster_envs() -> list[dict]:
+    ports = free_ports()
+    return [cluster_env(i, ports) for i in range(2)]
+
+
+def _fault_corpus(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    words = "the cat sat on mat a dog log and ran by big small red blue house tree".split()
+    lines = [" ".join(rng.choice(words, rng.integers(3, 13))) for _ in range(1200)]
+    path.write_text("\n".join(lines))
+
+
+@pytest.mark.slow
+def test_killed_worker_stops_the_other_and_the_same_command_resumes(tmp_path):
+    """kill -9 one worker during epoch 2: the survivor exits non-zero within 2 minutes;
+    restarting both resumes from epoch 1 and ends with the metrics of an uninterrupted run."""
+    _fault_corpus(tmp_path / "train.txt")
+
+    def argv(run):
+        return [sys.executable, "-m", "keras_rnnlm.cli", "train", "--strategy", "multi_worker",
+                "--train-file", str(tmp_path / "train.txt"), "--units", "8", "--embedding-dim",
+                "8", "--epochs", "3", "--batch-size", "16", "--verbose", "0",
+                "--output", str(run)]  # fmt: skip
+
+    run, ports = tmp_path / "run", free_ports()
+    procs = [subprocess.Popen(argv(run), env=cluster_env(i, ports), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (run / "backup" / "latest.npz").exists():  # epoch 1 is complete
+            assert time.monotonic() < deadline and procs[0].poll() is None, "no epoch completed"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        procs[1].kill()  # SIGKILL during epoch 2
+        killed = time.monotonic()
+        _, err = procs[0].communicate(timeout=120)  # a hang fails here
+        assert time.monotonic() - killed < 120
+        assert procs[0].returncode not in (0, None), err[-2000:]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+    assert not (run / "model.keras").exists()
+    # the same command on both workers resumes from the last completed epoch
+    for code, _, err in run_workers(argv(run), _cluster_envs()):
+        assert code == 0, err[-3000:]
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert resumed["resumed_at_epoch"] == 1 and resumed["epochs_run"] == 3
+    whole = tmp_path / "whole"
+    for code, _, err in run_workers(argv(whole), _cluster_envs()):
+        assert code == 0, err[-3000:]
+    uninterrupted = json.loads((whole / "metrics.json").read_text())
+    assert resumed["workers"] == uninterrupted["workers"] == 2
+    np.testing.assert_allclose(
+        resumed["history"]["loss"], uninterrupted["history"]["loss"], rtol=1e-5
+    )
+    assert resumed["train"]["perplexity"] == pytest.approx(
+        uninterrupted["train"]["perplexity"], rel=1e-5
+    )
