@@ -163,8 +163,7 @@ def _add_train_parser(subparsers, common):
 
 
 def _train(args):
-    from keras_rnnlm.run_training import TrainingCrashedError
-    from keras_rnnlm.runs import TrainConfig, TrainingDivergedError, train
+    from keras_rnnlm.runs import TrainConfig, TrainingCrashedError, TrainingDivergedError, train
 
     overrides = {
         f.name: getattr(args, f.name)
