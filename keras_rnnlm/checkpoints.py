@@ -39,22 +39,30 @@ from keras_rnnlm.compat import set_initial_epoch
 CHECKPOINT_FILE = "latest.npz"
 
 
+class CheckpointMismatchError(ValueError):
+    """The checkpoint to resume from belongs to another model or optimizer."""
+
+
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Save the full training state atomically at every epoch end; restore it at train begin.
 
     Args:
-        directory: where ``latest.npz`` lives (created if missing).
+        directory: where ``latest.npz`` is written (created if missing).
         delete_on_success: remove the checkpoint when ``fit`` completes all its epochs
             (the run's final files then hold the result).
+        restore_directory: where the checkpoint to resume from is read (default
+            ``directory``). A multi-worker run's non-chief workers write to a temporary
+            directory and restore from the chief's, as every worker must resume alike.
 
     The model must be built (``model.build``) before ``fit`` so that its variables exist
     when the checkpoint is restored. An epoch whose weights are not all finite (a diverged run) is not saved, so the last good
     checkpoint survives.
     """
 
-    def __init__(self, directory, delete_on_success: bool = False):
+    def __init__(self, directory, delete_on_success: bool = False, restore_directory=None):
         super().__init__()
         self.directory = Path(directory)
+        self.restore_directory = Path(restore_directory or directory)
         self.delete_on_success = delete_on_success
         self.restored_epoch = 0
         self.saved_epoch = 0  # epochs completed in the checkpoint on disk
@@ -64,11 +72,15 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     def path(self) -> Path:
         return self.directory / CHECKPOINT_FILE
 
+    @property
+    def restore_path(self) -> Path:
+        return self.restore_directory / CHECKPOINT_FILE
+
     def completed_epochs(self) -> int:
         """Epochs completed by the saved run (0 when there is no checkpoint)."""
-        if not self.path.exists():
+        if not self.restore_path.exists():
             return 0
-        with np.load(self.path) as data:
+        with np.load(self.restore_path) as data:
             return int(json.loads(str(data["meta"]))["epoch"])
 
     def _variables(self):
@@ -79,22 +91,22 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._target_epochs = self.params.get("epochs")
-        if not self.path.exists():
+        if not self.restore_path.exists():
             return
         variables = self._variables()
-        with np.load(self.path) as data:
+        with np.load(self.restore_path) as data:
             meta = json.loads(str(data["meta"]))
             if meta["num_variables"] != len(variables):
-                raise ValueError(
-                    f"The checkpoint {self.path} holds {meta['num_variables']} variables but this "
+                raise CheckpointMismatchError(
+                    f"The checkpoint {self.restore_path} holds {meta['num_variables']} variables but this "
                     f"model and optimizer have {len(variables)}: it belongs to another "
                     "configuration. Delete it or train into another directory."
                 )
             for i, variable in enumerate(variables):
                 value = data[f"v{i}"]
                 if tuple(value.shape) != tuple(variable.shape):
-                    raise ValueError(
-                        f"The checkpoint {self.path} does not match this model: variable "
+                    raise CheckpointMismatchError(
+                        f"The checkpoint {self.restore_path} does not match this model: variable "
                         f"{variable.path} has shape {tuple(variable.shape)}, saved "
                         f"{tuple(value.shape)}."
                     )

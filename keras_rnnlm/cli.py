@@ -8,7 +8,8 @@ then runs the command, whose function imports the library.
 
 Exit codes: 0 done; 1 unexpected error (one line naming it; ``--traceback`` prints the stack);
 2 bad input or settings (the message names it); 3 training diverged (NaN or exploding loss; the
-last good checkpoint is kept).
+last good checkpoint is kept); 4 training crashed (a device, or a multi-worker run's peer,
+failed inside ``fit``; the same command resumes from the last completed epoch).
 """
 
 import argparse
@@ -21,7 +22,7 @@ from keras_rnnlm import cli_help, constants
 from keras_rnnlm.cli_export import add_export_parser
 from keras_rnnlm.tf_logging import configure_tensorflow_logging
 
-EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_CRASHED = 0, 1, 2, 3, 4
 #: exceptions that mean "the input or the settings are wrong" (exit 2, message only)
 BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
@@ -133,6 +134,13 @@ def _add_train_parser(subparsers, common):
         "multi_worker reads TF_CONFIG, tpu reads TPU_NAME)",
     )
     p.add_argument(
+        "--cpu-devices",
+        type=int,
+        metavar="N",
+        help="with --strategy mirrored: split the CPU into N logical devices (N replicas); "
+        "--batch-size stays the global batch",
+    )
+    p.add_argument(
         "--encoding-errors",
         choices=constants.ENCODING_ERRORS,
         help="text files with bytes that are not UTF-8: fail (strict) or read them as U+FFFD",
@@ -155,7 +163,7 @@ def _add_train_parser(subparsers, common):
 
 
 def _train(args):
-    from keras_rnnlm.runs import TrainConfig, TrainingDivergedError, train
+    from keras_rnnlm.runs import TrainConfig, TrainingCrashedError, TrainingDivergedError, train
 
     overrides = {
         f.name: getattr(args, f.name)
@@ -174,6 +182,12 @@ def _train(args):
     except TrainingDivergedError as error:
         print(f"keras-rnnlm train: error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
+    except TrainingCrashedError as error:
+        hint = "" if args.traceback else " (--traceback shows where)"
+        print(f"keras-rnnlm train: {error}{hint}", file=sys.stderr)
+        if args.traceback:
+            traceback.print_exception(error.__cause__ or error)
+        return EXIT_CRASHED
     print(f"\nRun written to {config.output}/")
     for split in ("train", "valid", "test"):
         if split in metrics:
@@ -304,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="keras-rnnlm",
         description="RNN language models on Keras 3.",
         epilog="exit codes: 0 done, 1 unexpected error, 2 bad input or settings, "
-        "3 training diverged",
+        "3 training diverged, 4 training crashed (rerun to resume)",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     common = _common_options()
@@ -332,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ``EXIT_OK`` (0) when done; ``EXIT_UNEXPECTED`` (1) for an unexpected exception, with a
         one-line hint on stderr (``--traceback`` adds the stack); ``EXIT_BAD_INPUT`` (2) for
         bad input or settings (the message names it); ``EXIT_DIVERGED`` (3) when training
-        diverged (NaN or exploding loss; the last good checkpoint is kept).
+        diverged (NaN or exploding loss; the last good checkpoint is kept); ``EXIT_CRASHED``
+        (4) when ``fit`` failed (a device or a multi-worker peer), with a one-line hint.
 
     Example:
 

@@ -15,19 +15,24 @@ Strategies (``keras-rnnlm train --strategy ...``):
 
 * ``default``: one device (``tf.distribute.get_strategy()``).
 * ``mirrored``: ``tf.distribute.MirroredStrategy`` over the local GPUs (without GPUs: the
-  logical CPU devices). Sentence mode only (a stateful stream model keeps one state per row on
+  logical CPU devices; ``configure_cpu_devices(n)``, i.e. ``--cpu-devices n``, splits the CPU
+  into ``n`` of them). Sentence mode only (a stateful stream model keeps one state per row on
   one device). The train step runs without XLA there: XLA cannot compile a step whose
   variables live on several devices.
 * ``multi_worker``: ``tf.distribute.MultiWorkerMirroredStrategy``; every worker runs the same
   command with its own ``TF_CONFIG`` environment variable, e.g.
   ``{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker",
-  "index": 0}}``.
+  "index": 0}}``. Worker 0 (or the ``chief`` task, if the cluster names one) is the chief
+  (``is_chief``): the only one that writes the run's files. The strategy is
+  ``MultiWorkerMirroredStrategy`` below (Keras 3's ``fit`` cannot start under TensorFlow's own:
+  keras-team/keras#20585).
 * ``tpu``: ``tf.distribute.TPUStrategy`` on the TPU found by
   ``tf.distribute.cluster_resolver.TPUClusterResolver`` (``$TPU_NAME``, or a TPU VM's local
   TPU). The from-scratch layers compile with XLA (bounded loops, no string ops), which TPUs
   require; do not use ``use_builtin_layers`` there.
 """
 
+import json
 import os
 
 import keras
@@ -54,7 +59,11 @@ def get_strategy(name: str = "default") -> tf.distribute.Strategy:
                 "--strategy multi_worker needs the TF_CONFIG environment variable describing "
                 "the cluster and this worker's index (see keras_rnnlm/distribute.py)."
             )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS
+            )
+        )
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
             tpu=os.environ.get("TPU_NAME", "")
@@ -63,6 +72,119 @@ def get_strategy(name: str = "default") -> tf.distribute.Strategy:
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}.")
+
+
+#: a collective (gradient all-reduce) waiting longer than this for a worker fails the step
+#: instead of hanging when a worker dies (the coordination service's heartbeats also do)
+COLLECTIVE_TIMEOUT_SECONDS = 60.0
+
+
+class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """``tf.distribute.MultiWorkerMirroredStrategy`` whose ``reduce`` accepts a nest of values.
+
+    Keras 3's ``fit``/``evaluate`` start by reducing the first distributed batch, an ``(x, y)``
+    tuple, with one ``strategy.reduce`` call (to learn its shapes). TensorFlow's strategy
+    reduces one value at a time ("TODO: support `value` being a nest" in ``reduce``); on one
+    machine the tuple passes through untouched, across workers it fails with "Attempt to
+    convert a value (PerReplica...) with an unsupported type" (keras-team/keras#20585). Here
+    each element of a nest is reduced on its own: every worker calls it identically, so the
+    collectives match. Keras then averages each step's metric results with
+    ``reduce("MEAN", value, axis=0)``, which fails on the per-replica scalars ("Invalid
+    reduction dimension 0 for input with 0 dimensions"); a scalar has one element per replica,
+    so ``axis`` is dropped for it (the mean over replicas, as Keras takes on one machine).
+
+    Example:
+
+    >>> # TF_CONFIG='{"cluster": {"worker": ["localhost:20001", "localhost:20002"]},
+    >>> #             "task": {"type": "worker", "index": 0}}'
+    >>> strategy = MultiWorkerMirroredStrategy()
+    """
+
+    def reduce(self, reduce_op, value, axis=None):
+        if isinstance(value, (tuple, list, dict)):
+            return tf.nest.map_structure(
+                lambda v: None if v is None else self.reduce(reduce_op, v, axis), value
+            )
+        if axis is not None and self.experimental_local_results(value)[0].shape.rank == 0:
+            axis = None  # a scalar per replica: one element each, reduced across replicas
+        return super().reduce(reduce_op, value, axis)
+
+
+def configure_cpu_devices(n: int) -> None:
+    """Split the CPU into ``n`` logical devices (``n`` replicas for ``mirrored`` without GPUs).
+
+    Must run before TensorFlow initialises its devices (before the first op or device
+    listing); calling it again with the same ``n`` does nothing.
+
+    Args:
+        n: the number of logical CPU devices, at least 1.
+
+    Raises:
+        ValueError: ``n`` < 1, or TensorFlow already initialised a different number of devices.
+
+    Example:
+
+    >>> configure_cpu_devices(2)  # first thing in a fresh process
+    >>> get_strategy("mirrored").num_replicas_in_sync
+    2
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"cpu_devices must be a positive integer, got {n!r}.")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)]
+        )
+    except RuntimeError as error:  # "Virtual devices cannot be modified after being initialized"
+        present = len(tf.config.list_logical_devices("CPU"))
+        if present != n:
+            raise ValueError(
+                f"cpu_devices={n}: TensorFlow already initialised its devices in this process "
+                f"({present} logical CPU device(s)); split the CPU first thing in a fresh "
+                "process (keras-rnnlm train --cpu-devices does)."
+            ) from error
+
+
+def _tf_config() -> dict:
+    try:
+        return json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from error
+
+
+def is_chief() -> bool:
+    """Whether this process is the chief of its ``TF_CONFIG`` cluster (always, without one):
+    the ``chief`` task, or worker 0 when the cluster has no ``chief`` job."""
+    config = _tf_config()
+    task = config.get("task") or {}
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    has_chief = bool((config.get("cluster") or {}).get("chief"))
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and not has_chief
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """The machines (processes) ``strategy`` trains on: the cluster's ``chief`` and ``worker``
+    tasks for ``multi_worker``, 1 for every other strategy."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+def replicas_agree(strategy: tf.distribute.Strategy, value: int) -> bool:
+    """Whether every replica of ``strategy`` (on every worker) holds the same ``value``; every
+    worker gets the same answer (from the sums of ``value`` and ``value**2``)."""
+
+    def sums():
+        return tf.constant([value, value * value], tf.float32)
+
+    per_replica = tf.function(lambda: strategy.run(sums), autograph=False)()
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+    n = strategy.num_replicas_in_sync
+    return bool(n * total[1] == total[0] * total[0])
 
 
 def num_replicas() -> int:

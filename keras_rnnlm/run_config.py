@@ -75,6 +75,9 @@ class TrainConfig:
     # (keras_rnnlm.fast.bf16_matmul_is_fast), float32 elsewhere; "float32" / "bfloat16" force it
     output_dtype: str = "auto"
     strategy: str = "default"  # default | mirrored | multi_worker | tpu (keras_rnnlm.distribute)
+    # split the CPU into this many logical devices (replicas of --strategy mirrored without
+    # GPUs); set before TensorFlow initialises its devices (keras_rnnlm.distribute)
+    cpu_devices: int | None = None
     encoding_errors: str = "strict"  # text files that are not UTF-8: strict (fail) | replace
     seed: int = 0
     output: str = "rnnlm_run"
@@ -101,6 +104,20 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.cpu_devices is not None:
+            if (
+                not isinstance(self.cpu_devices, int)
+                or isinstance(self.cpu_devices, bool)
+                or self.cpu_devices < 1
+            ):
+                raise ValueError(
+                    f"cpu_devices must be a positive integer, got {self.cpu_devices!r}."
+                )
+            if self.strategy != "mirrored":
+                raise ValueError(
+                    "cpu_devices splits the CPU into the replicas of strategy 'mirrored'; got "
+                    f"strategy {self.strategy!r} (pass --strategy mirrored)."
+                )
         if self.jit_compile not in JIT_COMPILE_OPTIONS:
             raise ValueError(
                 f"jit_compile must be one of {JIT_COMPILE_OPTIONS}, got {self.jit_compile!r}."

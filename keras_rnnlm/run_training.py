@@ -7,15 +7,30 @@
 import dataclasses
 import json
 import math
+import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
-from keras_rnnlm.checkpoints import ResumableCheckpoint, atomic_save_model, atomic_write_text
+from keras_rnnlm.checkpoints import (
+    CheckpointMismatchError,
+    ResumableCheckpoint,
+    atomic_save_model,
+    atomic_write_text,
+)
 from keras_rnnlm.data.pipelines import encode_corpus, sentence_epochs, token_stream
 from keras_rnnlm.data.vocabulary import EOS_ID
-from keras_rnnlm.distribute import get_strategy
+from keras_rnnlm.distribute import (
+    configure_cpu_devices,
+    get_strategy,
+    is_chief,
+    num_workers,
+    replicas_agree,
+)
 from keras_rnnlm.run_config import (
     BACKUP_DIR,
     CHECKPOINT_FILE,
@@ -44,6 +59,25 @@ from keras_rnnlm.training import (
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN/infinite or exploded; the last good checkpoint is kept."""
+
+
+class TrainingCrashedError(RuntimeError):
+    """``fit`` failed (a device, the step, or a multi-worker run's peer): not a bad setting.
+    The last completed epoch is kept; the same command resumes from it."""
+
+
+def _error_line(error: BaseException) -> str:
+    """One line saying what ``error`` is: its first line, or for TensorFlow's "Graph execution
+    error:" (a header, then the op's stack) the first unindented line after it: the cause."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return "(no message)"
+    if lines[0].rstrip().endswith(":"):
+        causes = [line for line in lines[1:] if not line[0].isspace()]
+        causes = [line for line in causes if not line.startswith("Detected at node")]
+        if causes:
+            return f"{lines[0].strip()} {causes[0].strip()[:300]}"
+    return lines[0].strip()
 
 
 def _check_output_dir(path: Path, overwrite: bool):
@@ -84,17 +118,67 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
         ValueError: a setting or the data cannot work (the message names it).
         FileExistsError: ``output`` is a file, or holds a finished run (without ``overwrite``).
         TrainingDivergedError: the loss became NaN or exploded (advice in the message).
+        TrainingCrashedError: ``fit`` failed otherwise (a device, or a worker of a
+            multi-worker run); the same command resumes from the last completed epoch.
+
+    On ``strategy="multi_worker"`` every worker calls ``train`` with the same configuration;
+    only the chief (``keras_rnnlm.distribute.is_chief``) writes ``output``, and every worker
+    resumes from the chief's backup there (``output`` on a filesystem all workers read).
     """
     config.validate()
+    if config.strategy != "multi_worker" or is_chief():
+        return _train(config, Path(config.output), callbacks)
+    # a non-chief worker trains alike (it takes part in every collective) but writes to a
+    # temporary directory, deleted at the end: only the chief writes the run (Keras's pattern)
+    scratch = Path(tempfile.mkdtemp(prefix="keras_rnnlm_worker_"))
+    try:
+        return _train(config, scratch, callbacks)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _start_strategy(config: TrainConfig, first_epoch: int) -> tf.distribute.Strategy:
+    """The run's strategy (the CPU split first with ``cpu_devices``), announced; refuses a
+    global batch the replicas cannot share and workers that would resume differently."""
+    if config.cpu_devices is not None:
+        configure_cpu_devices(config.cpu_devices)
+    strategy = get_strategy(config.strategy)
+    replicas, workers = strategy.num_replicas_in_sync, num_workers(strategy)
+    print(f"Strategy {config.strategy}: {replicas} replica(s) on {workers} worker(s)")
+    if replicas == 1 and config.strategy != "default":
+        print(
+            f"keras-rnnlm: --strategy {config.strategy} found one device: training on 1 "
+            "replica (without GPUs, --cpu-devices N splits the CPU into N replicas)",
+            file=sys.stderr,
+        )
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"batch_size {config.batch_size} is the global batch, split over {replicas} "
+            f"replicas: it must be a multiple of {replicas}."
+        )
+    if workers > 1 and not replicas_agree(strategy, first_epoch):
+        raise ValueError(
+            f"The workers would resume from different epochs (this one: {first_epoch}): every "
+            f"worker must read the chief's {Path(config.output) / BACKUP_DIR} (a shared "
+            "filesystem), or none may hold a backup."
+        )
+    return strategy
+
+
+def _train(config: TrainConfig, write_dir: Path, callbacks: list | None) -> dict:
+    """``train`` writing the run's files to ``write_dir`` (a scratch directory on a
+    multi-worker run's non-chief workers); the run is read from ``config.output``."""
     output = Path(config.output)
     _check_output_dir(output, config.overwrite)
-    checkpoint = ResumableCheckpoint(output / BACKUP_DIR, delete_on_success=True)
-    if config.overwrite:
+    checkpoint = ResumableCheckpoint(
+        write_dir / BACKUP_DIR, delete_on_success=True, restore_directory=output / BACKUP_DIR
+    )
+    if config.overwrite and write_dir == output:
         checkpoint.path.unlink(missing_ok=True)
-    first_epoch = checkpoint.completed_epochs()
+    first_epoch = 0 if config.overwrite else checkpoint.completed_epochs()
     if first_epoch:
         _check_resumable(output, config)
-    strategy = get_strategy(config.strategy)
+    strategy = _start_strategy(config, first_epoch)
     multi_replica = strategy.num_replicas_in_sync > 1
     if multi_replica and config.mode == "stream":
         raise ValueError(
@@ -147,10 +231,10 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
                 config.jit_compile if not multi_replica or config.strategy == "tpu" else False
             ),
         )
-    output.mkdir(parents=True, exist_ok=True)
+    write_dir.mkdir(parents=True, exist_ok=True)
     if not first_epoch:
-        vocabulary.save(output / VOCAB_FILE)
-        atomic_write_text(output / CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2))
+        vocabulary.save(write_dir / VOCAB_FILE)
+        atomic_write_text(write_dir / CONFIG_FILE, json.dumps(dataclasses.asdict(config), indent=2))
 
     divergence = StopOnDivergence()
     # after the checkpoint: metrics.json's history is the same with or without --tensorboard
@@ -158,7 +242,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
     callbacks = [
         divergence,
         checkpoint,
-        SaveModelEachEpoch(output / CHECKPOINT_FILE),
+        SaveModelEachEpoch(write_dir / CHECKPOINT_FILE),
         *summaries,
         *(callbacks or []),
     ]
@@ -168,23 +252,33 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
         schedule = EpochDecay(config.learning_rate, config.decay_start_epoch, config.decay_factor)
         callbacks.append(keras.callbacks.LearningRateScheduler(schedule))
     start = time.time()
-    model.fit(
-        train_data,
-        validation_data=datasets.get("valid"),
-        epochs=config.epochs,
-        initial_epoch=first_epoch,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks,
-        verbose=config.verbose,
-        shuffle=False,  # a tf.data pipeline: sentence_epochs shuffles, streams keep order
-    )
+    try:
+        model.fit(
+            train_data,
+            validation_data=datasets.get("valid"),
+            epochs=config.epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=config.verbose,
+            shuffle=False,  # a tf.data pipeline: sentence_epochs shuffles, streams keep order
+        )
+    except CheckpointMismatchError:
+        raise
+    except Exception as error:  # not a setting: the step, the devices or a worker failed
+        raise TrainingCrashedError(
+            f"training stopped after {checkpoint.saved_epoch} completed epoch(s): "
+            f"{type(error).__name__}: {_error_line(error)}. The same command resumes from the "
+            f"last completed epoch ({output / BACKUP_DIR})"
+            + (" when every worker reruns it." if config.strategy == "multi_worker" else ".")
+        ) from error
     train_seconds = time.time() - start
     if divergence.stopped_at is not None:
         raise TrainingDivergedError(
             f"{divergence.message} The last good epoch is kept in {output / CHECKPOINT_FILE} "
             f"(and {checkpoint.path}, from which the same command resumes)."
         )
-    atomic_save_model(model, output / MODEL_FILE)
+    atomic_save_model(model, write_dir / MODEL_FILE)
 
     metrics = {
         "corpus": corpus.name,
@@ -194,6 +288,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
         "epochs_run": len(checkpoint.history.get("loss", [])),
         "resumed_at_epoch": first_epoch,
         "replicas": strategy.num_replicas_in_sync,
+        "workers": num_workers(strategy),
         "train_seconds": round(train_seconds, 1),
         "history": checkpoint.history,
     }
@@ -213,7 +308,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
         metrics["unigram_valid_perplexity"] = vocabulary.unigram_perplexity(*with_eos)
     if not all(math.isfinite(metrics[name]["perplexity"]) for name in datasets):
         metrics["warning"] = "non-finite perplexity: training diverged"
-    atomic_write_text(output / METRICS_FILE, json.dumps(metrics, indent=2))
+    atomic_write_text(write_dir / METRICS_FILE, json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -43,7 +43,12 @@ from keras_rnnlm.run_config import (
     make_dataset,
     stateless_copy,
 )
-from keras_rnnlm.run_training import SaveModelEachEpoch, TrainingDivergedError, train
+from keras_rnnlm.run_training import (
+    SaveModelEachEpoch,
+    TrainingCrashedError,
+    TrainingDivergedError,
+    train,
+)
 from keras_rnnlm.scoring import score_ids
 
 __all__ = [
@@ -59,6 +64,7 @@ __all__ = [
     "VOCAB_FILE",
     "SaveModelEachEpoch",
     "TrainConfig",
+    "TrainingCrashedError",
     "TrainingDivergedError",
     "build_model",
     "build_vocabulary",

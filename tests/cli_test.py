@@ -284,3 +284,37 @@ def test_package_import_is_lazy_and_every_public_name_resolves():
 
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         keras_rnnlm.no_such_name  # noqa: B018
+
+
+def test_crash_inside_training_exits_4_with_a_hint_and_the_same_command_resumes(
+    tmp_path, monkeypatch, capsys
+):
+    import tensorflow as tf
+
+    import keras_rnnlm.run_training
+
+    _write(tmp_path)
+    run = tmp_path / "run"
+    args = ["train", "--train-file", str(tmp_path / "train.txt"), "--epochs", "2",
+            "--output", str(run), *TINY]  # fmt: skip
+    original = keras_rnnlm.run_training.SaveModelEachEpoch.on_epoch_end
+
+    def peer_lost(self, epoch, logs=None):  # what a worker sees when its peer dies
+        stack = "Detected at node Collective defined at (most recent call last):\n  File x\n"
+        cause = "Collective ops is aborted by: task 1 heartbeat timeout\n\t [[{{node C}}]]"
+        raise tf.errors.UnavailableError(None, None, f"Graph execution error:\n\n{stack}{cause}")
+
+    monkeypatch.setattr(keras_rnnlm.run_training.SaveModelEachEpoch, "on_epoch_end", peer_lost)
+    assert main(args) == cli.EXIT_CRASHED == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "keras-rnnlm train: training stopped after 1 completed epoch(s): "
+        "UnavailableError: Graph execution error: Collective ops is aborted by: task 1 "
+        "heartbeat timeout. The same command resumes"
+    )
+    assert (run / "backup").is_dir() and not (run / "model.keras").exists()
+    monkeypatch.setattr(keras_rnnlm.run_training.SaveModelEachEpoch, "on_epoch_end", original)
+    assert main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["resumed_at_epoch"] == 1 and metrics["epochs_run"] == 2
+    assert (metrics["replicas"], metrics["workers"]) == (1, 1)

@@ -178,3 +178,93 @@ def test_unknown_strategy_and_multi_worker_without_tf_config(monkeypatch):
     with pytest.raises(ValueError, match="TF_CONFIG"):
         get_strategy("multi_worker")
     assert get_strategy("default").num_replicas_in_sync == 1
+
+
+def _train_cli(tmp_path, *args):
+    """``keras-rnnlm train`` in a fresh process (devices are set up before TensorFlow starts)."""
+    lines = ["the cat sat on the mat", "a dog sat on a log", "the cat and the dog"] * 20
+    (tmp_path / "train.txt").write_text("\n".join(lines))
+    tiny = ["--train-file", str(tmp_path / "train.txt"), "--units", "8", "--embedding-dim", "8",
+            "--epochs", "1", "--verbose", "0"]  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "keras_rnnlm.cli", "train", *tiny, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+
+
+@pytest.mark.slow
+def test_cpu_devices_give_the_replicas_asked_for(tmp_path):
+    run = tmp_path / "run"
+    proc = _train_cli(tmp_path, "--strategy", "mirrored", "--cpu-devices", "2",
+                      "--batch-size", "8", "--output", str(run))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Strategy mirrored: 2 replica(s) on 1 worker(s)" in proc.stdout
+    assert "found one device" not in proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["replicas"], metrics["workers"]) == (2, 1)
+    # the batch is the global batch: 7 rows cannot be shared by 2 replicas
+    odd = tmp_path / "odd"
+    proc = _train_cli(tmp_path, "--strategy", "mirrored", "--cpu-devices", "2",
+                      "--batch-size", "7", "--output", str(odd))  # fmt: skip
+    assert proc.returncode == 2
+    assert "batch_size 7" in proc.stderr and "2 replicas" in proc.stderr
+    assert not odd.exists()
+
+
+@pytest.mark.slow
+def test_mirrored_on_one_device_says_so(tmp_path):
+    run = tmp_path / "run"
+    proc = _train_cli(tmp_path, "--strategy", "mirrored", "--batch-size", "8", "--output", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--strategy mirrored found one device: training on 1 replica" in proc.stderr
+    assert json.loads((run / "metrics.json").read_text())["replicas"] == 1
+
+
+def test_cpu_devices_settings_are_checked():
+    from keras_rnnlm.runs import TrainConfig
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="cpu_devices must be a positive integer"):
+            TrainConfig(strategy="mirrored", cpu_devices=bad).validate()
+    with pytest.raises(ValueError, match="strategy 'default'"):
+        TrainConfig(cpu_devices=2).validate()
+    TrainConfig(strategy="mirrored", cpu_devices=2).validate()
+
+
+def test_cpu_devices_too_late_is_a_clear_error():
+    from keras_rnnlm.distribute import configure_cpu_devices
+
+    tf.constant(1.0) + 1.0  # TensorFlow has initialised its devices
+    present = len(tf.config.list_logical_devices("CPU"))
+    configure_cpu_devices(present)  # what is there already: nothing to do
+    with pytest.raises(ValueError, match="already initialised its devices"):
+        configure_cpu_devices(present + 1)
+    with pytest.raises(ValueError, match="positive integer"):
+        configure_cpu_devices(0)
+
+
+def test_chief_and_workers_from_tf_config(monkeypatch):
+    from keras_rnnlm.distribute import is_chief, num_workers
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert is_chief() and num_workers(get_strategy("default")) == 1
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    for task, chief in ((("worker", 0), True), (("worker", 1), False)):
+        config = {"cluster": cluster, "task": {"type": task[0], "index": task[1]}}
+        monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+        assert is_chief() is chief
+    with_chief = {"cluster": {"chief": ["localhost:0"], **cluster}}
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({**with_chief, "task": {"type": "worker", "index": 0}})
+    )
+    assert not is_chief()
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({**with_chief, "task": {"type": "chief", "index": 0}})
+    )
+    assert is_chief()
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        is_chief()
