@@ -79,6 +79,12 @@ def _add_train_parser(subparsers, common):
     p.add_argument("--init-scale", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--num-steps", type=int, help="stream mode: unrolled steps per batch")
+    p.add_argument(
+        "--document-boundary",
+        metavar="blank|TOKEN",
+        help="stream mode: documents are separated by blank lines ('blank') or by lines holding "
+        "only TOKEN; each row's state is reset at every document start (training and evaluation)",
+    )
     p.add_argument("--max-length", type=int, help="sentence mode: longer sentences are split")
     p.add_argument("--max-vocabulary-size", type=int)
     p.add_argument("--epochs", type=int)

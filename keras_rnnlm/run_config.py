@@ -9,7 +9,7 @@ vocabulary, ``tf.data`` pipelines and model. ``keras_rnnlm.run_training.train`` 
 import dataclasses
 
 from keras_rnnlm.data.corpora import Corpus, load_corpus, text_files_corpus
-from keras_rnnlm.data.pipelines import sentence_dataset, stream_dataset
+from keras_rnnlm.data.pipelines import document_stream_dataset, sentence_dataset, stream_dataset
 from keras_rnnlm.data.vocabulary import BOS, EOS, Vocabulary
 from keras_rnnlm.distribute import STRATEGIES
 from keras_rnnlm.models import OUTPUT_DTYPES, RNNLanguageModel
@@ -57,6 +57,9 @@ class TrainConfig:
     init_scale: float | None = None
     batch_size: int = 32
     num_steps: int = 20  # stream mode window length
+    # stream mode: "blank" (blank lines) or a token (lines holding only it) separate documents;
+    # each row's states are zeroed at every document start, in training and evaluation
+    document_boundary: str | None = None
     max_length: int = 100  # sentence mode: longer sentences are split into windows
     epochs: int = 6
     steps_per_epoch: int | None = None
@@ -128,6 +131,14 @@ class TrainConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.document_boundary is not None:
+            if self.mode != "stream":
+                raise ValueError(
+                    "document_boundary needs mode='stream' (sentence mode already reads every "
+                    "sentence from zero states)."
+                )
+            if not str(self.document_boundary).strip():
+                raise ValueError("document_boundary must be 'blank' or a non-empty token.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
         return self
@@ -179,7 +190,13 @@ def load_config_corpus(config: TrainConfig) -> Corpus:
             level=config.level or "word",
             errors=config.encoding_errors,
         )
-    return load_corpus(config.corpus, config.manual_dir, config.data_dir, config.level)
+    return load_corpus(
+        config.corpus,
+        config.manual_dir,
+        config.data_dir,
+        config.level,
+        documents=config.document_boundary is not None,
+    )
 
 
 def build_vocabulary(corpus: Corpus, config: TrainConfig) -> Vocabulary:
@@ -197,8 +214,11 @@ def build_vocabulary(corpus: Corpus, config: TrainConfig) -> Vocabulary:
     )
 
 
-def make_dataset(sentences, config: TrainConfig, training: bool):
-    """The ``tf.data`` pipeline of a split for the run's mode."""
+def make_dataset(sentences, config: TrainConfig, training: bool, documents=None):
+    """The ``tf.data`` pipeline of a split for the run's mode (``documents``: the split's
+    documents when ``config.document_boundary`` is set)."""
+    if config.mode == "stream" and documents is not None:
+        return document_stream_dataset(documents, config.batch_size, config.num_steps)
     if config.mode == "stream":
         return stream_dataset(sentences, config.batch_size, config.num_steps)
     return sentence_dataset(

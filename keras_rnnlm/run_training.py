@@ -22,7 +22,14 @@ from keras_rnnlm.checkpoints import (
     atomic_save_model,
     atomic_write_text,
 )
-from keras_rnnlm.data.pipelines import encode_corpus, sentence_epochs, token_stream
+from keras_rnnlm.data.corpora import strip_document_boundaries
+from keras_rnnlm.data.pipelines import (
+    document_stream,
+    encode_corpus,
+    encode_documents,
+    sentence_epochs,
+    token_stream,
+)
 from keras_rnnlm.data.vocabulary import EOS_ID
 from keras_rnnlm.distribute import (
     configure_cpu_devices,
@@ -192,16 +199,26 @@ def _train(config: TrainConfig, write_dir: Path, callbacks: list | None) -> dict
         )
     keras.utils.set_random_seed(config.seed)
 
-    corpus = load_config_corpus(config)
+    raw_corpus = load_config_corpus(config)
+    boundary = config.document_boundary
+    corpus = strip_document_boundaries(raw_corpus, boundary) if boundary else raw_corpus
     vocabulary = build_vocabulary(corpus, config)
     splits = {
         name: encode_corpus(vocabulary, corpus.split(name)) for name in ("train", "valid", "test")
+    }
+    documents = {
+        name: encode_documents(vocabulary, raw_corpus.split(name), boundary)
+        for name in (("train", "valid", "test") if boundary else ())
     }
     if not splits["train"]:
         raise ValueError(
             f"The training split of {corpus.name!r} holds no text (empty or blank lines only)."
         )
-    datasets = {n: make_dataset(s, config, training=False) for n, s in splits.items() if s}
+    datasets = {
+        n: make_dataset(s, config, training=False, documents=documents.get(n))
+        for n, s in splits.items()
+        if s
+    }
     steps_per_epoch = config.steps_per_epoch
     if config.mode == "sentence":
         train_data, steps_per_epoch = sentence_epochs(
@@ -295,9 +312,12 @@ def _train(config: TrainConfig, write_dir: Path, callbacks: list | None) -> dict
     for name, dataset in datasets.items():
         if config.mode == "stream" and name != "train":
             # the whole split as one stream, batch 1: no token lost at window or row edges
-            metrics[name] = evaluate_stream_perplexity(
-                stateless_copy(model), token_stream(splits[name])
+            stream, reset = (
+                document_stream(documents[name])
+                if documents
+                else (token_stream(splits[name]), None)
             )
+            metrics[name] = evaluate_stream_perplexity(stateless_copy(model), stream, reset=reset)
         else:
             metrics[name] = evaluate_perplexity(model, dataset)
     if splits["valid"]:
