@@ -349,3 +349,40 @@ def test_language_model_trains_on_document_batches(jit_compile):
     model.reset_states()
     history = model.fit(dataset, epochs=2, verbose=0, shuffle=False)
     assert np.all(np.isfinite(history.history["loss"]))
+
+
+@pytest.mark.slow
+def test_train_with_document_boundary_evaluates_with_resets(tmp_path):
+    """``TrainConfig(document_boundary="blank")``: stream training on document batches, and the
+    valid figure is the stream scored with resets at every document start (not carried)."""
+    from keras_rnnlm.run_config import stateless_copy
+    from keras_rnnlm.runs import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    words = "the cat sat on a mat dog log near far".split()
+
+    def text(documents):
+        return "\n\n".join(
+            "\n".join(" ".join(rng.choice(words, 6)) for _ in range(rng.integers(1, 4)))
+            for _ in range(documents)
+        )
+
+    (tmp_path / "train.txt").write_text(text(40) + "\n")
+    (tmp_path / "valid.txt").write_text(text(6) + "\n")
+    config = TrainConfig(
+        train_file=str(tmp_path / "train.txt"), valid_file=str(tmp_path / "valid.txt"),
+        mode="stream", document_boundary="blank", units=8, embedding_dim=8, num_layers=1,
+        batch_size=4, num_steps=5, epochs=1, verbose=0, output=str(tmp_path / "run"),
+    )  # fmt: skip
+    metrics = train(config)
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    vocabulary = Vocabulary.load(tmp_path / "run" / "vocabulary.json")
+    documents = encode_documents(vocabulary, (tmp_path / "valid.txt").read_text().splitlines())
+    assert len(documents) == 6
+    stream, reset = document_stream(documents)
+    with_resets = evaluate_stream_perplexity(stateless_copy(model), stream, reset=reset)
+    carried = evaluate_stream_perplexity(stateless_copy(model), stream)
+    assert metrics["valid"]["perplexity"] == pytest.approx(with_resets["perplexity"], rel=1e-6)
+    assert with_resets["perplexity"] != pytest.approx(carried["perplexity"], rel=1e-6)
+    with pytest.raises(ValueError, match="document_boundary needs mode='stream'"):
+        TrainConfig(train_file="x", document_boundary="blank").validate()
