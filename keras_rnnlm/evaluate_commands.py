@@ -109,11 +109,11 @@ def _evaluate(args):
     from keras_rnnlm.runs import evaluate_text_file
 
     options = _interval_options(args)
-    # evaluate_text_file has no per-window hook: the line shows the command is working, then
-    # its time when the file is done (stderr, on a terminal only, never with --quiet)
-    with Progress(1, "evaluate", "file", quiet=args.quiet) as progress:
-        result = evaluate_text_file(args.model, args.test_file, mode=args.mode, **options)
-        progress.update()
+    # windows (stream) or sentences (stderr, on a terminal only, never with --quiet)
+    with Progress(None, "evaluate", "steps", quiet=args.quiet) as progress:
+        result = evaluate_text_file(
+            args.model, args.test_file, mode=args.mode, progress=progress, **options
+        )
     print(json.dumps(result, indent=2))
     return 0
 

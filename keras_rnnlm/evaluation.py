@@ -256,6 +256,7 @@ def evaluate_stream_perplexity(
     window: int = 256,
     return_units: bool = False,
     reset: np.ndarray | None = None,
+    progress=None,
 ) -> dict:
     """Exact perplexity of a token stream read as one sequence (batch 1), as Zaremba et al.
     evaluate: every token after the first is predicted from the whole stream before it.
@@ -269,6 +270,7 @@ def evaluate_stream_perplexity(
         reset: optional per-token resets aligned with ``stream`` (``document_stream``): the
             state is zeroed before the tokens where it is 1, so each document is scored as if
             alone (``<eos> document`` from zero states). Same targets as without it.
+        progress: optional ``keras_rnnlm.progress.Progress``, advanced once per window.
 
     Returns:
         ``{"perplexity", "nll_per_token", "bits_per_token", "tokens"}`` (+ ``"units"``).
@@ -297,4 +299,6 @@ def evaluate_stream_perplexity(
         states = sums["states"]
         units_nll.append(sums["nll"].numpy())
         units_tokens.append(sums["tokens"].numpy())
+        if progress is not None:
+            progress.update()
     return _summary(units_nll, units_tokens, return_units)

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_rnnlm.data.corpora import text_files_corpus
-from keras_rnnlm.data.pipelines import token_stream
+from keras_rnnlm.data.pipelines import document_stream, encode_documents, token_stream
 from keras_rnnlm.data.vocabulary import Vocabulary
 from keras_rnnlm.evaluation import evaluate_stream_perplexity, perplexity_summary
 from keras_rnnlm.intervals import (
@@ -25,6 +25,7 @@ from keras_rnnlm.intervals import (
     paired_bootstrap_difference,
 )
 from keras_rnnlm.models import RNNLanguageModel
+from keras_rnnlm.progress import chunks
 from keras_rnnlm.run_config import (
     BACKUP_DIR,
     CHECKPOINT_FILE,
@@ -132,7 +133,12 @@ def load_any_model(path) -> tuple[RNNLanguageModel, Vocabulary, dict]:
         return (
             model,
             vocabulary,
-            {"kind": "run", "mode": _training_mode(config, vocabulary), "path": str(path)},
+            {
+                "kind": "run",
+                "mode": _training_mode(config, vocabulary),
+                "path": str(path),
+                "document_boundary": config.get("document_boundary"),
+            },
         )
     if (path / "model_card.json").is_file():
         from keras_rnnlm.inspection import load_language_model
@@ -157,6 +163,8 @@ def score_text_units(
     mode: str,
     batch_size: int = 32,
     window: int = 256,
+    document_boundary: str | None = None,
+    progress=None,
 ) -> dict:
     """Per-unit NLL sums and token counts of a text file, read the way the model was trained.
 
@@ -169,6 +177,9 @@ def score_text_units(
             carried, batch 1 (``evaluate_stream_perplexity``; units: windows).
         batch_size: sentences per forward pass (sentence mode).
         window: tokens per step (stream mode).
+        document_boundary: stream mode: ``"blank"`` or a token separating documents in the
+            file; the state is reset at every document start (as the run was trained).
+        progress: optional ``keras_rnnlm.progress.Progress`` (its total is set here).
 
     Returns:
         ``perplexity_summary`` keys plus ``"units": {"nll", "tokens"}`` and ``"mode"``.
@@ -184,11 +195,23 @@ def score_text_units(
     if not sentences:
         raise ValueError(f"{text_file} holds no text.")
     if mode == "stream":
+        stream, reset = token_stream(sentences), None
+        if document_boundary:
+            documents = encode_documents(vocabulary, lines, document_boundary)
+            stream, reset = document_stream(documents)
+        if progress is not None:
+            progress.total = -(-(len(stream) - 1) // window)
         result = evaluate_stream_perplexity(
-            model, token_stream(sentences), window=window, return_units=True
+            model, stream, window=window, return_units=True, reset=reset, progress=progress
         )
     else:
-        scores = score_ids(model, sentences, batch_size, vocabulary.start_id)
+        if progress is not None:
+            progress.total = len(sentences)
+        scores = []
+        for part in chunks(sentences, 8 * batch_size):
+            scores += score_ids(model, part, batch_size, vocabulary.start_id)
+            if progress is not None:
+                progress.update(len(part))
         nll = np.asarray([-s.log_prob for s in scores], np.float64)
         tokens = np.asarray([s.num_tokens for s in scores], np.float64)
         result = perplexity_summary(float(nll.sum()), float(tokens.sum()))
@@ -215,6 +238,7 @@ def evaluate_text_file(
     B: int = DEFAULT_B,
     seed: int = DEFAULT_SEED,
     block: int = 2,
+    progress=None,
 ) -> dict:
     """Perplexity, with a 95% bootstrap interval, of a run's or an export's model on a file.
 
@@ -233,6 +257,7 @@ def evaluate_text_file(
         B: bootstrap replicates.
         seed: seed of the resampling.
         block: windows per resampled block (stream mode).
+        progress: optional ``keras_rnnlm.progress.Progress`` (windows or sentences).
 
     Returns:
         ``{"perplexity", "perplexity_ci95", "tokens", "bootstrap": {"B", "unit", "seed"...},
@@ -244,8 +269,9 @@ def evaluate_text_file(
     """
     model, vocabulary, info = load_any_model(directory)
     result = score_text_units(
-        model, vocabulary, text_file, mode or info["mode"], batch_size, window
-    )
+        model, vocabulary, text_file, mode or info["mode"], batch_size, window,
+        document_boundary=info.get("document_boundary"), progress=progress,
+    )  # fmt: skip
     nll, tokens, unit = _bootstrap_units(result, block)
     del result["units"]
     result["perplexity_ci95"] = bootstrap_perplexity(nll, tokens, B=B, seed=seed)

@@ -273,7 +273,7 @@ def test_evaluate_progress_on_a_terminal_only_and_stdout_stays_json(stream_run, 
         del sys.stderr.isatty
     assert code == 0
     assert json.loads(out)["tokens"] > 0
-    assert err == "" if quiet else "evaluate: 1/1 file (100%)" in err
+    assert err == "" if quiet else "evaluate: " in err
     if quiet:
         return
     code, out, err = _run_cli(
