@@ -23,6 +23,7 @@ from keras_rnnlm.distributed_stream import (  # noqa: E402
     distribute_stream_dataset,
     replica_states,
 )
+from keras_rnnlm.losses import MaskedLanguageModelLoss  # noqa: E402
 from keras_rnnlm.models import RNNLanguageModel  # noqa: E402
 from keras_rnnlm.training import ResetStatesCallback, compile_language_model  # noqa: E402
 
@@ -96,6 +97,25 @@ def compare(reference, other):
     }
 
 
+def first_gradient_norm(initial):
+    """The unclipped global gradient norm of the first step (zero states, batch 0)."""
+    model = RNNLanguageModel(VOCABULARY, units=16, embedding_dim=8, stateful=True)
+    model.build((BATCH, None))
+    model.set_weights(initial)
+    with tf.GradientTape() as tape:
+        loss = MaskedLanguageModelLoss()(targets[0], model(inputs[0]))
+    grads = tape.gradient(loss, model.trainable_variables)
+    return float(tf.linalg.global_norm([tf.convert_to_tensor(g) for g in grads]))
+
+
+def variable_shapes(strategy):
+    """Shapes of every saved/checkpointed variable of a stream model built under strategy."""
+    with strategy.scope():
+        model = RNNLanguageModel(VOCABULARY, units=16, embedding_dim=8, stateful=True)
+        model.build((BATCH, None))
+    return [tuple(v.shape) for v in model.variables]
+
+
 keras.utils.set_random_seed(1)
 single = train(tf.distribute.get_strategy(), None, "rows")
 initial = single[0][0]
@@ -113,6 +133,10 @@ result = {
     "mirrored_rows": compare(single, mirrored),
     "mirrored_keras_split": compare(single, keras_split),
     "single_fast_path": compare(single, fast),
-    "mirrored_weight_count": len(mirrored[1]),
+    "first_gradient_norm": first_gradient_norm(initial),
+    "clip": CLIP,
+    "learning_rate": LEARNING_RATE,
+    "same_saved_variables": variable_shapes(tf.distribute.get_strategy())
+    == variable_shapes(mirrored_strategy),
 }
 print("RESULT " + json.dumps(result))
