@@ -93,7 +93,7 @@ def test_cli_stream_mode_on_two_replicas_matches_one_device(tmp_path):
     assert m["train"]["perplexity"] == pytest.approx(s["train"]["perplexity"], rel=1e-5)
     assert m["history"]["loss"] == pytest.approx(s["history"]["loss"], rel=1e-5)
     # the model trained on 2 replicas loads and runs on one device (states saved (B, units))
-    model = keras.saving.load_model(tmp_path / "m" / "model.keras")
+    model = keras.saving.load_model(tmp_path / "m" / "model.keras", compile=False)
     assert model.stateful and model(np.ones((8, 3), np.int32)).shape == (8, 3, m["vocabulary_size"])
 
 
