@@ -304,3 +304,34 @@ def dense_duplicate_rows_sum(grad):
     return tf.math.unsorted_segment_sum(
         grad.values, grad.indices, static_rows if static_rows is not None else rows
     )
+
+
+def single_device_copy(model):
+    """A one-device copy of a stateful model trained under a strategy: same weights, same
+    global batch, states zero (the copy's own, tracked as on one device).
+
+    Call it outside ``strategy.scope()``. For evaluation loops that call the model on the
+    global batch outside the replicas on several workers, where a worker's
+    ``RowShardedState`` holds only its own replicas' rows.
+
+    Args:
+        model: a built stateful ``RNNLanguageModel``.
+
+    Returns:
+        The copy, built for the global batch.
+
+    Example:
+
+    >>> evaluate_perplexity(single_device_copy(model), stream_dataset(valid, 20, 35))
+    """
+    if not getattr(model, "stateful", False):
+        raise ValueError("single_device_copy copies a stateful model; this one is not.")
+    if tf.distribute.has_strategy():
+        raise ValueError("Call single_device_copy outside strategy.scope().")
+    batch = int(model.rnn.rnn_layers[0].non_trainable_weights[0].shape[0])  # a state (B, units)
+    copy = type(model).from_config(model.get_config())
+    copy.build((batch, None))
+    trained = {v.path: v for v in model.weights}
+    for variable in copy.weights:
+        variable.assign(tf.convert_to_tensor(trained[variable.path]))
+    return copy

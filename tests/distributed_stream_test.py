@@ -20,6 +20,7 @@ from keras_rnnlm.distributed_stream import (
     check_stream_batch,
     distribute_stream_dataset,
     replica_states,
+    single_device_copy,
     stream_dataset_fn,
 )
 from keras_rnnlm.models import RNNLanguageModel
@@ -147,3 +148,14 @@ def test_one_device_stateful_states_are_saved_weights_and_reset():
     assert all(s.shape == (3, 4) for s in states) and any(np.any(s != 0) for s in states)
     model.reset_states()
     assert all(not np.any(s) for layer in replica_states(model) for s in layer)
+
+
+def test_single_device_copy_continues_like_the_original():
+    model = RNNLanguageModel(20, units=4, embedding_dim=4, stateful=True)
+    model.build((3, None))
+    copy = single_device_copy(model)
+    tokens = np.arange(1, 7, dtype=np.int32).reshape(3, 2)
+    for _ in range(2):  # the second call starts from the carried states
+        np.testing.assert_allclose(copy(tokens), model(tokens), atol=1e-6)
+    with pytest.raises(ValueError, match="not"):
+        single_device_copy(RNNLanguageModel(20, units=4, embedding_dim=4))
