@@ -16,7 +16,6 @@ from keras_rnnlm.checkpoints import ResumableCheckpoint, atomic_save_model, atom
 from keras_rnnlm.data.pipelines import encode_corpus, sentence_epochs, token_stream
 from keras_rnnlm.data.vocabulary import EOS_ID
 from keras_rnnlm.distribute import get_strategy
-from keras_rnnlm.distributed_stream import check_stream_batch
 from keras_rnnlm.run_config import (
     BACKUP_DIR,
     CHECKPOINT_FILE,
@@ -98,6 +97,8 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
     strategy = get_strategy(config.strategy)
     multi_replica = strategy.num_replicas_in_sync > 1
     if multi_replica and config.mode == "stream":  # each replica carries its rows' states
+        from keras_rnnlm.distributed_stream import check_stream_batch
+
         check_stream_batch(config.batch_size, strategy.num_replicas_in_sync)
     if multi_replica and config.tensorboard:  # GradientNormMonitor records one replica's norm
         raise ValueError(
