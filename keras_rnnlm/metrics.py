@@ -39,12 +39,9 @@ class Perplexity(keras.metrics.Metric):
     def __init__(self, name="perplexity", jit_compile=False, **kwargs):
         super().__init__(name=name, **kwargs)
         self.jit_compile = jit_compile
-        self.total_nll = self.add_variable(
-            shape=(), initializer="zeros", name="total_nll", dtype="float64"
-        )
-        self.total_tokens = self.add_variable(
-            shape=(), initializer="zeros", name="total_tokens", dtype="float64"
-        )
+        # float32 pairs (value + compensation), no float64: TPUs have none (see CompensatedSum)
+        self.total_nll = CompensatedSum(self, "total_nll")
+        self.total_tokens = CompensatedSum(self, "total_tokens")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         # a metric is never differentiated: no gradient computed alongside the NLL
@@ -58,18 +55,18 @@ class Perplexity(keras.metrics.Metric):
     def update_from_totals(self, nll_sum, num_tokens):
         """Add a batch given as its summed NLL and its number of real tokens (for a train step
         that computes them anyway, e.g. ``losses.output_layer_cross_entropy``)."""
-        self.total_nll.assign_add(ops.cast(nll_sum, "float64"))
-        self.total_tokens.assign_add(ops.cast(num_tokens, "float64"))
+        self.total_nll.add(nll_sum)
+        self.total_tokens.add(num_tokens)
 
     def mean_nll(self):
-        return ops.divide_no_nan(self.total_nll, self.total_tokens)
+        return ops.divide_no_nan(self.total_nll.value(), self.total_tokens.value())
 
     def result(self):
-        return ops.cast(ops.exp(self.mean_nll()), "float32")
+        return ops.exp(self.mean_nll())
 
     def reset_state(self):
-        self.total_nll.assign(0.0)
-        self.total_tokens.assign(0.0)
+        self.total_nll.reset()
+        self.total_tokens.reset()
 
     def get_config(self):
         return {**super().get_config(), "jit_compile": self.jit_compile}
@@ -83,7 +80,7 @@ class BitsPerCharacter(Perplexity):
         super().__init__(name=name, jit_compile=jit_compile, **kwargs)
 
     def result(self):
-        return ops.cast(self.mean_nll() / math.log(2.0), "float32")
+        return self.mean_nll() / math.log(2.0)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -122,3 +119,51 @@ class MaskedAccuracy(keras.metrics.Metric):
     def reset_state(self):
         self.correct.assign(0.0)
         self.total.assign(0.0)
+
+
+class CompensatedSum:
+    """A running float32 sum kept as two float32 metric variables, ``hi + lo`` (a
+    "double-float": Knuth's TwoSum moves each addition's rounding error into ``lo``).
+
+    About 48 significant bits without float64, which TPUs lack: over 1e6 per-batch additions
+    the relative error stays near float32's last bit, ~1e-7 (``tests/losses_metrics_test.py``
+    checks it against a float64 reference), where a plain float32 sum drifts by ~1e-5.
+    Token counts stay exact up to ~2**48. Under several replicas each replica keeps its own
+    pair and Keras sums the pairs (one float32 rounding, ~6e-8 relative).
+
+    Args:
+        metric: the metric owning the variables.
+        name: prefix of their names.
+    """
+
+    def __init__(self, metric: keras.metrics.Metric, name: str):
+        self.hi, self.lo = (
+            metric.add_variable(shape=(), initializer="zeros", name=f"{name}_{part}")
+            for part in ("hi", "lo")
+        )
+
+    def add(self, value) -> None:
+        """Add a scalar (any real dtype, cast to float32)."""
+        x = ops.cast(value, "float32")
+        hi = ops.convert_to_tensor(self.hi)
+        total = hi + x
+        x_part = total - hi  # TwoSum: total + error == hi + x exactly
+        error = (hi - (total - x_part)) + (x - x_part)
+        lo = ops.convert_to_tensor(self.lo) + error
+        new_hi = total + lo  # renormalise so that |lo| stays below hi's last bit
+        self.lo.assign(lo - (new_hi - total))
+        self.hi.assign(new_hi)
+
+    def value(self):
+        """The sum as float32 (``hi + lo`` rounded once)."""
+        return ops.convert_to_tensor(self.hi) + ops.convert_to_tensor(self.lo)
+
+    def reset(self) -> None:
+        self.hi.assign(0.0)
+        self.lo.assign(0.0)
+
+    def __float__(self) -> float:  # eager: the pair summed in Python's float64, no rounding
+        return float(ops.convert_to_numpy(self.hi)) + float(ops.convert_to_numpy(self.lo))
+
+    def __int__(self) -> int:
+        return round(float(self))

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_rnnlm.distributed_stream import global_state_batch, replica_state_variables
 from keras_rnnlm.fast import check_implementation
 from keras_rnnlm.fast.time_loop import fast_time_loop
 
@@ -156,17 +157,28 @@ class Recurrent(keras.layers.Layer):
                     f"{self.name}: a stateful layer needs a fixed batch size; use a dataset "
                     "with drop_remainder=True or keras.Input(batch_size=...)."
                 )
-            self.state_variables = [
+            # the saved states keep the global batch's shape whatever the replicas; under
+            # several replicas they stay zero and the live states are per replica, untracked
+            # (object.__setattr__), by design not saved: keras_rnnlm.distributed_stream
+            saved = [
                 self.add_weight(
-                    shape=(batch, size), initializer="zeros", trainable=False, name=f"state_{i}"
+                    shape=(global_state_batch(batch), size),
+                    initializer="zeros",
+                    trainable=False,
+                    name=f"state_{i}",
                 )
                 for i, size in enumerate(self.state_sizes)
             ]
+            live = replica_state_variables(batch, self.state_sizes, self.name, self.variable_dtype)
+            object.__setattr__(self, "_saved_states", saved)
+            object.__setattr__(self, "state_variables", live or saved)
 
     def reset_state(self):
-        """Zero the carried states of a stateful layer (no-op otherwise)."""
-        for variable in self.state_variables or []:
-            variable.assign(ops.zeros_like(variable))
+        """Zero the carried states of a stateful layer (no-op otherwise), on every replica."""
+        live = self.state_variables or []
+        saved = getattr(self, "_saved_states", [])
+        for variable in live + [v for v in saved if all(v is not w for w in live)]:
+            variable.assign(tf.zeros(variable.shape, variable.dtype))
 
     def get_initial_state(self, batch_size):
         return [

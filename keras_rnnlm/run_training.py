@@ -187,11 +187,10 @@ def _train(config: TrainConfig, write_dir: Path, callbacks: list | None) -> dict
         _check_resumable(output, config)
     strategy = _start_strategy(config, first_epoch)
     multi_replica = strategy.num_replicas_in_sync > 1
-    if multi_replica and config.mode == "stream":
-        raise ValueError(
-            "stream mode keeps one recurrent state per batch row on one device; train it with "
-            "--strategy default, or use --mode sentence with several replicas."
-        )
+    if multi_replica and config.mode == "stream":  # each replica carries its rows' states
+        from keras_rnnlm.distributed_stream import check_stream_batch
+
+        check_stream_batch(config.batch_size, strategy.num_replicas_in_sync)
     if multi_replica and config.tensorboard:  # GradientNormMonitor records one replica's norm
         raise ValueError(
             "--tensorboard measures the gradient norm on one device; train with "

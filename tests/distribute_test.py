@@ -71,15 +71,27 @@ def test_cli_trains_with_the_mirrored_strategy(tmp_path):
     assert metrics["replicas"] == 2
     loss = metrics["history"]["loss"]
     assert loss[1] < loss[0] and metrics["train"]["perplexity"] < 30
-    # stream mode needs one device: a clear error, nothing written
+    # stream mode: each replica carries its rows' states (tests/distributed_stream_test.py
+    # checks it equals one device); a batch the replicas cannot split is a clear error
+    stream = [*args[:-1], str(tmp_path / "s"), "--mode", "stream"]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "cli", *args[:-1], str(tmp_path / "s"), "--mode", "stream"],
+        [sys.executable, str(SCRIPT), "cli", *stream],
         capture_output=True,
         text=True,
         timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
-    assert proc.returncode == 2 and "stream mode" in proc.stderr
-    assert not (tmp_path / "s").exists()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["mode"] == "stream"
+    assert metrics["train"]["perplexity"] < 30
+    odd = [*args[:-1], str(tmp_path / "o"), "--mode", "stream"]
+    odd[odd.index("--batch-size") + 1] = "7"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "cli", *odd], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 2 and "7" in proc.stderr and "replicas" in proc.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_clipping_unchanged_on_one_device():

@@ -165,3 +165,62 @@ def test_perplexity_update_from_totals_equals_update_state():
     a.update_state(targets, logits)
     b.update_from_totals(np.sum(nll), len(nll))
     assert float(a.result()) == pytest.approx(float(b.result()), rel=1e-6)
+
+
+def _batch_totals(num_batches=1000, tokens_per_batch=1000):
+    """Per-batch float32 NLL sums and token counts of ~1e6 tokens (mean NLL about 4.6)."""
+    rng = np.random.default_rng(1)
+    counts = rng.integers(tokens_per_batch // 2, tokens_per_batch + 1, num_batches)
+    nll = (counts * rng.uniform(3.0, 6.0, num_batches)).astype(np.float32)
+    return nll, counts.astype(np.float32)
+
+
+def test_perplexity_keeps_float32_pairs_only():
+    metric = BitsPerCharacter()
+    assert {v.dtype for v in metric.variables} == {"float32"}
+    assert len(metric.variables) == 4  # (hi, lo) for the NLL and for the token count
+
+
+def test_perplexity_totals_without_float64_match_a_float64_reference_over_1e6_tokens():
+    nll, counts = _batch_totals()
+    reference_nll = np.sum(nll.astype(np.float64))  # the same float32 batch sums, in float64
+    reference_tokens = int(np.sum(counts.astype(np.int64)))
+    assert reference_tokens > 700_000
+    metric = Perplexity()
+    for batch_nll, batch_count in zip(nll, counts):
+        metric.update_from_totals(batch_nll, batch_count)
+    # the compensated pair: within a few float32 ulps of the float64 total (2**-24 ~ 6e-8)
+    assert abs(float(metric.total_nll) - reference_nll) <= 4 * 2.0**-24 * reference_nll
+    assert int(metric.total_tokens) == reference_tokens  # counts exact past 2**24
+    exact = math.exp(reference_nll / reference_tokens)
+    assert abs(float(metric.result()) - exact) <= 1e-6 * exact
+    # a plain float32 running sum (what the pair replaces) is far outside that bound
+    naive = np.float32(0.0)
+    for batch_nll in nll:
+        naive = np.float32(naive + batch_nll)
+    assert abs(float(naive) - reference_nll) > 4 * 4 * 2.0**-24 * reference_nll
+    naive_perplexity = math.exp(float(naive) / reference_tokens)
+    assert abs(naive_perplexity - exact) > 1e-6 * exact
+
+
+def test_compensated_counts_stay_exact_beyond_float32_integers():
+    metric = Perplexity()
+    metric.update_from_totals(0.0, 2.0**24)
+    for _ in range(3):
+        metric.update_from_totals(1.0, 1.0)  # float32 alone: 2**24 + 1 == 2**24
+    assert int(metric.total_tokens) == 2**24 + 3
+    assert float(metric.total_nll) == 3.0
+
+
+def test_perplexity_update_compiles_with_xla_and_matches_eager():
+    import tensorflow as tf
+
+    nll, counts = _batch_totals(200, 1000)
+    eager, compiled = Perplexity(), Perplexity()
+    update = tf.function(compiled.update_from_totals, jit_compile=True)
+    for batch_nll, batch_count in zip(nll, counts):
+        eager.update_from_totals(batch_nll, batch_count)
+        update(tf.constant(batch_nll), tf.constant(batch_count))
+    # XLA keeps the TwoSum arithmetic (no reassociation): bit-identical pairs
+    assert float(compiled.total_nll) == float(eager.total_nll)
+    assert int(compiled.total_tokens) == int(eager.total_tokens)
