@@ -28,6 +28,7 @@ from keras_rnnlm.data.pipelines import (
     encode_corpus,
     encode_documents,
     sentence_epochs,
+    stream_batches,
     token_stream,
 )
 from keras_rnnlm.data.vocabulary import EOS_ID
@@ -37,6 +38,11 @@ from keras_rnnlm.distribute import (
     is_chief,
     num_workers,
     replicas_agree,
+)
+from keras_rnnlm.distributed_stream import (
+    check_stream_batch,
+    distribute_stream_dataset,
+    single_device_copy,
 )
 from keras_rnnlm.run_config import (
     BACKUP_DIR,
@@ -188,8 +194,6 @@ def _train(config: TrainConfig, write_dir: Path, callbacks: list | None) -> dict
     strategy = _start_strategy(config, first_epoch)
     multi_replica = strategy.num_replicas_in_sync > 1
     if multi_replica and config.mode == "stream":  # each replica carries its rows' states
-        from keras_rnnlm.distributed_stream import check_stream_batch
-
         check_stream_batch(config.batch_size, strategy.num_replicas_in_sync)
     if multi_replica and config.tensorboard:  # GradientNormMonitor records one replica's norm
         raise ValueError(
@@ -227,6 +231,13 @@ def _train(config: TrainConfig, write_dir: Path, callbacks: list | None) -> dict
             seed=config.seed,
             first_epoch=first_epoch,
             steps_per_epoch=config.steps_per_epoch,
+        )
+    elif multi_replica and not documents:  # each replica its own rows, across workers too
+        train_data = distribute_stream_dataset(
+            strategy,
+            *stream_batches(token_stream(splits["train"]), config.batch_size, config.num_steps),
+            repeat=bool(config.steps_per_epoch),
+            skip_batches=first_epoch * (config.steps_per_epoch or 0),
         )
     elif config.steps_per_epoch:  # slices of the repeated stream
         train_data = datasets["train"].repeat().skip(first_epoch * config.steps_per_epoch)
@@ -317,8 +328,10 @@ def _train(config: TrainConfig, write_dir: Path, callbacks: list | None) -> dict
                 else (token_stream(splits[name]), None)
             )
             metrics[name] = evaluate_stream_perplexity(stateless_copy(model), stream, reset=reset)
-        else:
-            metrics[name] = evaluate_perplexity(model, dataset)
+        else:  # on several workers a worker's carried states hold only its own rows
+            metrics[name] = evaluate_perplexity(
+                single_device_copy(model) if multi_replica and model.stateful else model, dataset
+            )
     if splits["valid"]:
         with_eos = (
             [ids + [EOS_ID] for ids in splits["train"]],

@@ -166,3 +166,35 @@ def test_killed_worker_stops_the_other_and_the_same_command_resumes(tmp_path):
     assert resumed["train"]["perplexity"] == pytest.approx(
         uninterrupted["train"]["perplexity"], rel=1e-5
     )
+
+
+@pytest.mark.slow
+def test_two_workers_train_stream_mode_like_one_device(tmp_path):
+    """Stream mode (state carried across batches) on 2 workers: each worker reads its own rows of
+    every global batch (row sharding, not TensorFlow's batch-alternating auto-shard), so the run
+    ends with the one-device run's perplexities."""
+    rng = np.random.default_rng(0)
+    words = " ".join(TRAIN_LINES).split()
+    lines = [" ".join(rng.choice(words, 7)) for _ in range(120)]
+    (tmp_path / "train.txt").write_text("\n".join(lines[:100]))
+    (tmp_path / "valid.txt").write_text("\n".join(lines[100:]))
+    common = ["--mode", "stream", "--train-file", str(tmp_path / "train.txt"), "--valid-file",
+              str(tmp_path / "valid.txt"), "--units", "8", "--embedding-dim", "8", "--epochs", "2",
+              "--batch-size", "4", "--num-steps", "5", "--dropout", "0", "--optimizer", "sgd",
+              "--learning-rate", "1.0", "--verbose", "0"]  # fmt: skip
+    cli = [sys.executable, "-m", "keras_rnnlm.cli", "train"]
+    single = subprocess.run(
+        [*cli, *common, "--output", str(tmp_path / "one")], capture_output=True, text=True,
+        timeout=TIMEOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    ports = free_ports()
+    envs = [cluster_env(i, ports) for i in range(2)]
+    argv = [*cli, *common, "--strategy", "multi_worker", "--output", str(tmp_path / "two")]
+    for code, _, err in run_workers(argv, envs):
+        assert code == 0, err[-3000:]
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert (two["replicas"], two["workers"], two["mode"]) == (2, 2, "stream")
+    for split in ("train", "valid"):
+        assert two[split]["perplexity"] == pytest.approx(one[split]["perplexity"], rel=1e-5)
