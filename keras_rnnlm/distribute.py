@@ -213,12 +213,18 @@ class ClipAfterCrossReplicaSum(OptimizerHooks):
     relies on are in ``keras_rnnlm.compat`` (canary-tested there).
     """
 
+    #: sum an embedding's duplicate rows densely (static shapes, for XLA/TPU steps) instead of
+    #: with ``tf.unique`` (sparse, a data-dependent length); ``compile_language_model`` sets it
+    #: for ``jit_compile=True``
+    static_shapes = False
+
     def clip_gradients_per_replica(self, grads):
         return grads  # deferred until the gradients are summed over replicas
 
     def after_cross_replica_sum(self, grads_and_vars):
         present = [i for i, (g, _) in enumerate(grads_and_vars) if g is not None]
-        grads = [sum_duplicate_rows(grads_and_vars[i][0]) for i in present]
+        dedup = dense_duplicate_rows_sum if self.static_shapes else sum_duplicate_rows
+        grads = [dedup(grads_and_vars[i][0]) for i in present]
         if self.global_clipnorm:
             scale = global_clip_scale(grads, self.global_clipnorm)
             clipped = [scaled_gradient(g, scale) for g in grads]
@@ -237,6 +243,29 @@ def sum_duplicate_rows(grad):
     rows, position = tf.unique(grad.indices)
     values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(rows)[0])
     return tf.IndexedSlices(values, rows, grad.dense_shape)
+
+
+def dense_duplicate_rows_sum(grad):
+    """An ``IndexedSlices`` gradient as the dense tensor it stands for (duplicate rows summed),
+    with static shapes; any other gradient unchanged.
+
+    For XLA-compiled steps (TPUs): ``sum_duplicate_rows`` keeps the gradient
+    sparse with ``tf.unique``, whose output length depends on the data, a dynamic shape in
+    the compiled computation (``tests/tpu_readiness_test.py`` finds ``s32[<=20]`` there).
+
+    Args:
+        grad: a gradient.
+
+    Returns:
+        A dense ``grad.dense_shape`` tensor for ``IndexedSlices``, else ``grad``.
+    """
+    if not isinstance(grad, tf.IndexedSlices):
+        return grad
+    rows = grad.dense_shape[0] if grad.dense_shape is not None else None
+    static_rows = tf.get_static_value(rows)
+    return tf.math.unsorted_segment_sum(
+        grad.values, grad.indices, static_rows if static_rows is not None else rows
+    )
 
 
 def scaled_gradient(grad, factor):

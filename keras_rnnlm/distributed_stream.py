@@ -50,6 +50,8 @@ Example:
 import numpy as np
 import tensorflow as tf
 
+from keras_rnnlm.distribute import dense_duplicate_rows_sum  # noqa: F401  (re-exported)
+
 
 def _strategy_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
@@ -281,29 +283,6 @@ def distribute_stream_dataset(
         dataset = tf.data.Dataset.from_tensor_slices((inputs, targets))
         return (dataset.repeat() if repeat else dataset).prefetch(tf.data.AUTOTUNE)
     return strategy.distribute_datasets_from_function(stream_dataset_fn(inputs, targets, repeat))
-
-
-def dense_duplicate_rows_sum(grad):
-    """An ``IndexedSlices`` gradient as the dense tensor it stands for (duplicate rows summed),
-    with static shapes; any other gradient unchanged.
-
-    For XLA-compiled steps (TPUs): ``distribute.sum_duplicate_rows`` keeps the gradient
-    sparse with ``tf.unique``, whose output length depends on the data, a dynamic shape in
-    the compiled computation (``tests/tpu_readiness_test.py`` finds ``s32[<=20]`` there).
-
-    Args:
-        grad: a gradient.
-
-    Returns:
-        A dense ``grad.dense_shape`` tensor for ``IndexedSlices``, else ``grad``.
-    """
-    if not isinstance(grad, tf.IndexedSlices):
-        return grad
-    rows = grad.dense_shape[0] if grad.dense_shape is not None else None
-    static_rows = tf.get_static_value(rows)
-    return tf.math.unsorted_segment_sum(
-        grad.values, grad.indices, static_rows if static_rows is not None else rows
-    )
 
 
 def single_device_copy(model):

@@ -6,7 +6,7 @@ import math
 
 import keras
 
-from keras_rnnlm.distribute import SGD, Adam
+from keras_rnnlm.distribute import SGD, Adam, ClipAfterCrossReplicaSum
 from keras_rnnlm.fast.train_step import JIT_RECURRENCE, uses_fast_path
 from keras_rnnlm.losses import MaskedLanguageModelLoss
 from keras_rnnlm.metrics import BitsPerCharacter, Perplexity
@@ -87,6 +87,8 @@ def compile_language_model(
         raise ValueError('jit_compile="recurrence" needs an RNNLanguageModel.')
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer, learning_rate, clip_norm, clipping)
+    if jit_compile is True and isinstance(optimizer, ClipAfterCrossReplicaSum):
+        optimizer.static_shapes = True  # whole-step XLA (TPUs): no tf.unique dynamic shapes
     xla_loss = is_lm and uses_fast_path(model, jit_compile)  # XLA xent in a graph-mode step
     metrics = [Perplexity(jit_compile=xla_loss)]
     if level == "char":

@@ -93,11 +93,6 @@ def test_stream_train_step_has_static_shapes_with_a_dense_embedding_gradient(
         assert np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b))) <= 1e-5, a.shape
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="distribute.sum_duplicate_rows keeps the embedding gradient sparse with tf.unique "
-    "(s32[<=batch*steps]): a bounded dynamic shape until it sums densely under XLA",
-)
 def test_stream_train_step_has_static_shapes_with_the_library_optimizers():
     assert not DYNAMIC_DIMENSION.findall(_train_step_hlo(_stream_model("sgd")))
 

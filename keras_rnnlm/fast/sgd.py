@@ -37,7 +37,12 @@ def fused_sgd_update(optimizer, grads, trainable_variables, learning_rate) -> bo
         or optimizer.clipvalue
     ):
         return False
-    grads = [distribute.sum_duplicate_rows(g) for g in grads]
+    dedup = (  # static shapes for whole-step XLA (ClipAfterCrossReplicaSum.static_shapes)
+        distribute.dense_duplicate_rows_sum
+        if getattr(optimizer, "static_shapes", False)
+        else distribute.sum_duplicate_rows
+    )
+    grads = [dedup(g) for g in grads]
     step = tf.cast(learning_rate, tf.float32)
     if optimizer.global_clipnorm:
         step = step * distribute.global_clip_scale(grads, optimizer.global_clipnorm)
