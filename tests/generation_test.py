@@ -1,10 +1,9 @@
 """One generation engine: the explicit draw, tensor-valued settings, cached ``generate_with_model``."""
 
-import logging
-
 import numpy as np
 import pytest
 import tensorflow as tf
+from log_capture import tensorflow_warnings
 
 from keras_rnnlm.data.vocabulary import EOS_ID, PAD_ID, Vocabulary
 from keras_rnnlm.evaluation import trace_count
@@ -153,19 +152,6 @@ def test_generate_with_model_strings_in_strings_out():
         generate_with_model(model, "the cat")
 
 
-def _tensorflow_warnings():
-    """Collect what TensorFlow's Python logger emits (its retracing warnings go there)."""
-    records = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    tf.get_logger().addHandler(handler)
-    return records, handler
-
-
 def test_six_sampler_settings_trace_six_functions_without_a_retracing_warning():
     model = _model()
     samplers = [
@@ -176,16 +162,13 @@ def test_six_sampler_settings_trace_six_functions_without_a_retracing_warning():
         TopKSampler(k=5, seed=1),
         TopPSampler(p=0.9, seed=1),
     ]
-    records, handler = _tensorflow_warnings()
-    try:
+    with tensorflow_warnings() as messages:
         for sampler in samplers:
             generate(model, PROMPTS, sampler, max_new_tokens=4)
         for sampler in samplers:  # cached: no new trace
             generate(model, PROMPTS, sampler, max_new_tokens=4)
-    finally:
-        tf.get_logger().removeHandler(handler)
     assert trace_count(model, "generate") == len(samplers)  # one function each, traced once
-    assert not [r for r in records if "retracing" in r], records
+    assert not [m for m in messages if "retracing" in m], messages
 
 
 def _run_dir(tmp_path):

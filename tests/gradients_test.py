@@ -4,12 +4,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import logging  # noqa: E402
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from log_capture import tensorflow_warnings  # noqa: E402
 
 from keras_rnnlm.experiments import floatx  # noqa: E402
 from keras_rnnlm.gradients import (  # noqa: E402
@@ -151,23 +150,13 @@ def test_jacobian_spectrum_of_scaled_orthogonal_simple_rnn():
 
 
 def test_jacobian_spectrum_equals_numpy_and_traces_one_graph_per_call_without_a_warning():
-    records = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    tf.get_logger().addHandler(handler)
-    try:
+    with tensorflow_warnings() as messages:
         for seed in range(6):  # the notebook's pattern: fresh models, one spectrum each
             keras.utils.set_random_seed(seed)
             model = RNNLanguageModel(VOCAB, cell="simple_rnn", num_layers=1, units=5)
             ids = _ids(2, 6, seed)
             spectrum = jacobian_spectrum(model, ids)
-    finally:
-        tf.get_logger().removeHandler(handler)
-    assert not [r for r in records if "retracing" in r], records
+    assert not [m for m in messages if "retracing" in m], messages
     # numpy: h_t = tanh(x_t W + h_(t-1) U + b), dh_t/dh_(t-1) = diag(1 - h_t^2) U^T
     cell = model.rnn.rnn_layers[0].cell
     kernel, recurrent, bias = (
