@@ -239,11 +239,17 @@ def _add_generate_parser(subparsers, common):
     p.add_argument(
         "--length-penalty", type=float, default=0.0, help="beam: rank by log P / length**this"
     )
-    p.add_argument(
+    length = p.add_mutually_exclusive_group()
+    length.add_argument(
         "--max-length",
         type=int,
         default=40,
         help="maximum total length in tokens, the prompt (start token included) counted",
+    )
+    length.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="instead of --max-length: how many tokens to generate, the prompt not counted",
     )
     p.add_argument("--num-samples", type=int, default=1, help="beam: the best beams")
     p.add_argument("--seed", type=int, help="makes sampling reproducible")
@@ -262,6 +268,8 @@ def _generate(args):
 
     if args.num_samples < 1 or args.max_length < 1:
         raise ValueError("--num-samples and --max-length must be >= 1.")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError(
             "--prompt is empty; give some text, or omit --prompt to generate from the start "
@@ -283,7 +291,9 @@ def _generate(args):
     if prompt and not vocabulary.encode(prompt):
         raise ValueError(f"--prompt {prompt!r} holds no token of the model's vocabulary.")
     # --max-length counts the prompt and its start token (keras-hub's convention)
-    new_tokens = max_new_tokens(args.max_length, 1 + len(vocabulary.encode(prompt)))
+    new_tokens = args.max_new_tokens or max_new_tokens(
+        args.max_length, 1 + len(vocabulary.encode(prompt))
+    )
     quiet = args.quiet or args.num_samples == 1
     with Progress(args.num_samples, "generate", "samples", quiet=quiet) as progress:
         (samples,) = generate_text(
@@ -291,7 +301,7 @@ def _generate(args):
             vocabulary,
             [prompt],
             sampler,
-            max_length=new_tokens,
+            max_new_tokens=new_tokens,
             num_samples=args.num_samples,
             jit_compile=args.jit_compile,
         )

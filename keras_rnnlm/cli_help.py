@@ -35,8 +35,9 @@ In Python: keras_rnnlm.presets.load_preset("rnnlm_export") rebuilds the Keras mo
     "generate": """Example:
   keras-rnnlm generate rnnlm_run --prompt "the model" --strategy greedy --max-length 20
   keras-rnnlm generate rnnlm_run --strategy top_k --top-k 10 --num-samples 3 --seed 0
+  keras-rnnlm generate rnnlm_run --prompt "the model" --max-new-tokens 10 --seed 0
 --max-length counts the prompt (keras-hub's convention): the prompt's tokens, its start token
-included, plus the generated ones.""",
+included, plus the generated ones; --max-new-tokens counts the generated ones only.""",
     "score": """Example:
   keras-rnnlm score rnnlm_run --text "the cat sat on the mat"   # per-token log-probabilities
   keras-rnnlm score rnnlm_run --file test.txt > ppl.json        # perplexity as JSON

@@ -237,6 +237,25 @@ def gradient_norms_by_distance(
     return result
 
 
+class _StepJacobian:
+    """``(ds^(t)/ds^(t-1), s^(t))`` of one cell step, the flat state ``s`` as ``(batch, S)``.
+
+    A callable object rather than a closure, so that its ``tf.function`` keeps retracing
+    statistics of its own (TensorFlow keys them by the code object, which closures share).
+    """
+
+    def __init__(self, cell, sizes):
+        self.cell, self.sizes = cell, list(sizes)
+
+    def __call__(self, inputs, flat):
+        with tf.GradientTape() as tape:
+            tape.watch(flat)
+            prev = tf.split(flat, self.sizes, axis=-1)
+            _, new_states = self.cell.call(inputs, prev)
+            new_flat = tf.concat(as_list(new_states), axis=-1)
+        return tape.batch_jacobian(new_flat, flat), as_list(new_states)  # (batch, S, S)
+
+
 def jacobian_spectrum(model: keras.Model, token_ids, layer: int = 0) -> dict:
     """Largest singular values of the one-step state Jacobians along a sequence, and of ``W_h``.
 
@@ -278,15 +297,12 @@ def jacobian_spectrum(model: keras.Model, token_ids, layer: int = 0) -> dict:
     for index, cell in enumerate(cells[: layer + 1]):
         states = [tf.zeros((ids.shape[0], s), dtype=embedded.dtype) for s in sizes[index]]
         outputs = []
+        # one graph for every step (traced once): batch_jacobian's vectorisation (pfor) run
+        # eagerly would wrap a new tf.function per step, each traced anew
+        step_jacobian = tf.function(_StepJacobian(cell, sizes[index])) if index == layer else None
         for t in range(num_steps):
             if index == layer:
-                flat = tf.concat(states, axis=-1)
-                with tf.GradientTape() as tape:
-                    tape.watch(flat)
-                    prev = tf.split(flat, sizes[index], axis=-1)
-                    _, new_states = cell.call(sequence[t], prev)
-                    new_flat = tf.concat(as_list(new_states), axis=-1)
-                jac = tape.batch_jacobian(new_flat, flat)  # (batch, S, S)
+                jac, new_states = step_jacobian(sequence[t], tf.concat(states, axis=-1))
                 singular.append(np.linalg.svd(np.asarray(jac, np.float64), compute_uv=False)[:, 0])
                 states = as_list(new_states)
             else:

@@ -3,11 +3,14 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from log_capture import tensorflow_warnings
 
 from keras_rnnlm.data.vocabulary import EOS_ID, PAD_ID, Vocabulary
 from keras_rnnlm.evaluation import trace_count
 from keras_rnnlm.models import RNNLanguageModel
+from keras_rnnlm.run_config import MODEL_FILE, VOCAB_FILE
 from keras_rnnlm.samplers import (
+    BeamSampler,
     GreedySampler,
     RandomSampler,
     TopKSampler,
@@ -15,6 +18,7 @@ from keras_rnnlm.samplers import (
     decode_step,
     draw,
     generate,
+    generate_text,
     generate_with_model,
     pad_prompts,
     prefill,
@@ -86,7 +90,7 @@ def test_tensor_valued_settings_give_the_python_valued_tokens():
     ]
 
     @tf.function(jit_compile=True)
-    def tensor_valued(prompt_ids, k, p, temperature, max_length, seed):
+    def tensor_valued(prompt_ids, k, p, temperature, max_new_tokens, seed):
         samplers = [
             TopKSampler(k=k, temperature=temperature[0]),
             TopPSampler(p=p, temperature=temperature[1]),
@@ -94,7 +98,9 @@ def test_tensor_valued_settings_give_the_python_valued_tokens():
         ]
         logits, states = prefill(model, prompt_ids)
         step = lambda t, s: decode_step(model, t, s)  # noqa: E731
-        return [s(step, logits, states, max_length, None, seed, buffer_length=16) for s in samplers]
+        return [
+            s(step, logits, states, max_new_tokens, None, seed, buffer_length=16) for s in samplers
+        ]
 
     got = tensor_valued(
         prompts,
@@ -106,7 +112,7 @@ def test_tensor_valued_settings_give_the_python_valued_tokens():
     )
     for sampler, tokens in zip(python_valued, got, strict=True):
         assert tokens.shape == (9, 10)
-        want = generate(model, prompts.numpy(), sampler, max_length=10, end_token_id=None)
+        want = generate(model, prompts.numpy(), sampler, max_new_tokens=10, end_token_id=None)
         np.testing.assert_array_equal(tokens.numpy(), want)
 
 
@@ -122,7 +128,7 @@ def test_generate_with_model_counts_the_prompt_in_max_length_and_does_not_retrac
     traced = trace_count(model, "generate")
     assert traced == 1
     generate_with_model(model, PROMPTS, max_length=9, sampler="top_k", k=4, seed=2)  # new seed
-    generate(model, PROMPTS, TopKSampler(k=4, seed=5), max_length=9 - 2)  # same settings
+    generate(model, PROMPTS, TopKSampler(k=4, seed=5), max_new_tokens=9 - 2)  # same settings
     assert trace_count(model, "generate") == 1
     generate_with_model(model, PROMPTS, max_length=9, sampler="top_k", k=3, seed=1)
     assert trace_count(model, "generate") == 2  # other settings: one more function
@@ -144,3 +150,92 @@ def test_generate_with_model_strings_in_strings_out():
         generate_with_model(model, "the cat sat", max_length=3, vocabulary=vocabulary)
     with pytest.raises(ValueError, match="need a vocabulary"):
         generate_with_model(model, "the cat")
+
+
+def test_six_sampler_settings_trace_six_functions_without_a_retracing_warning():
+    model = _model()
+    samplers = [
+        GreedySampler(),
+        BeamSampler(num_beams=3),
+        RandomSampler(temperature=1.0, seed=1),
+        RandomSampler(temperature=0.7, seed=1),
+        TopKSampler(k=5, seed=1),
+        TopPSampler(p=0.9, seed=1),
+    ]
+    with tensorflow_warnings() as messages:
+        for sampler in samplers:
+            generate(model, PROMPTS, sampler, max_new_tokens=4)
+        for sampler in samplers:  # cached: no new trace
+            generate(model, PROMPTS, sampler, max_new_tokens=4)
+    assert trace_count(model, "generate") == len(samplers)  # one function each, traced once
+    assert not [m for m in messages if "retracing" in m], messages
+
+
+def _run_dir(tmp_path):
+    """A run directory the CLI reads (``model.keras`` + ``vocabulary.json``), untrained."""
+    tf.keras.utils.set_random_seed(4)
+    vocabulary = Vocabulary.build(
+        ["the cat sat on the mat", "a dog ran to the big red house", "one two three four five"]
+    )
+    model = _model(vocabulary.size)
+    bias = model.output_layer.bias
+    bias.assign(tf.tensor_scatter_nd_update(bias, [[EOS_ID]], [-30.0]))  # rows run full length
+    model.save(tmp_path / MODEL_FILE)
+    vocabulary.save(tmp_path / VOCAB_FILE)
+    return model, vocabulary
+
+
+def test_max_length_means_the_total_in_the_cli_the_model_and_the_library(tmp_path, capsys):
+    from keras_rnnlm.cli import main
+
+    model, vocabulary = _run_dir(tmp_path)
+    prompt, total, seed = "the cat", 10, 3
+    prompt_ids = [vocabulary.start_id, *vocabulary.encode(prompt)]
+    new = total - len(prompt_ids)  # keras-hub: the prompt, start token included, is counted
+
+    ids = model.generate([prompt_ids], max_length=total, sampler="top_k", k=5, seed=seed)[0]
+    assert ids.shape == (total,) and ids[: len(prompt_ids)].tolist() == prompt_ids
+    assert EOS_ID not in ids and PAD_ID not in ids  # <eos> made unlikely: the full length
+    library = generate(model, [prompt_ids], TopKSampler(k=5, seed=seed), max_new_tokens=new)
+    assert library[0].tolist() == ids[len(prompt_ids) :].tolist()
+
+    text = model.generate(
+        prompt, max_length=total, sampler="top_k", k=5, seed=seed, vocabulary=vocabulary
+    )
+    assert text == vocabulary.decode(ids[1:])
+    (continuations,) = generate_text(
+        model, vocabulary, [prompt], TopKSampler(k=5, seed=seed), max_new_tokens=new
+    )
+    assert f"{prompt} {continuations[0]}" == text
+    cli = ["generate", str(tmp_path), "--prompt", prompt, "--strategy", "top_k"]
+    cli += ["--top-k", "5", "--seed", str(seed)]
+    assert main([*cli, "--max-length", str(total)]) == 0
+    assert capsys.readouterr().out.strip() == text
+    assert main([*cli, "--max-new-tokens", str(new)]) == 0
+    assert capsys.readouterr().out.strip() == text
+    with pytest.raises(SystemExit):  # one of the two lengths, not both
+        main([*cli, "--max-length", str(total), "--max-new-tokens", str(new)])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_max_length_keyword_of_the_new_token_functions_is_deprecated():
+    from keras_rnnlm.deploy.host import KerasStep, generate_with_step
+
+    model = _model()
+    want = generate(model, PROMPTS, "greedy", max_new_tokens=5)
+    assert want.shape == (3, 5)
+    with pytest.warns(DeprecationWarning, match=r"max_new_tokens=5 for the same result"):
+        old = generate(model, PROMPTS, "greedy", max_length=5)
+    np.testing.assert_array_equal(old, want)
+    with pytest.warns(DeprecationWarning, match=r"generate_with_step\(max_length=\.\.\.\)"):
+        stepped = generate_with_step(KerasStep(model), PROMPTS, "greedy", max_length=5)
+    np.testing.assert_array_equal(stepped, want)
+    logits, states = prefill(model, pad_prompts(PROMPTS))
+    step = lambda t, s: decode_step(model, t, s)  # noqa: E731
+    with pytest.warns(DeprecationWarning, match="GreedySampler"):
+        looped = GreedySampler()(step, logits, states, max_length=5)
+    np.testing.assert_array_equal(looped.numpy(), want)
+    with pytest.raises(TypeError, match="max_new_tokens only"):
+        generate(model, PROMPTS, "greedy", max_new_tokens=5, max_length=5)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        generate(model, PROMPTS, "greedy", max_new_tokens=0)

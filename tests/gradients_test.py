@@ -8,6 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from log_capture import tensorflow_warnings  # noqa: E402
 
 from keras_rnnlm.experiments import floatx  # noqa: E402
 from keras_rnnlm.gradients import (  # noqa: E402
@@ -146,6 +147,28 @@ def test_jacobian_spectrum_of_scaled_orthogonal_simple_rnn():
     kernel = np.asarray(lstm.rnn.rnn_layers[0].cell.recurrent_kernel, np.float64)
     blocks = [np.linalg.svd(kernel[:, g * 5 : (g + 1) * 5], compute_uv=False)[0] for g in range(4)]
     np.testing.assert_allclose(spectrum["recurrent_kernel_gate_max_singular"], blocks, rtol=1e-6)
+
+
+def test_jacobian_spectrum_equals_numpy_and_traces_one_graph_per_call_without_a_warning():
+    with tensorflow_warnings() as messages:
+        for seed in range(6):  # the notebook's pattern: fresh models, one spectrum each
+            keras.utils.set_random_seed(seed)
+            model = RNNLanguageModel(VOCAB, cell="simple_rnn", num_layers=1, units=5)
+            ids = _ids(2, 6, seed)
+            spectrum = jacobian_spectrum(model, ids)
+    assert not [m for m in messages if "retracing" in m], messages
+    # numpy: h_t = tanh(x_t W + h_(t-1) U + b), dh_t/dh_(t-1) = diag(1 - h_t^2) U^T
+    cell = model.rnn.rnn_layers[0].cell
+    kernel, recurrent, bias = (
+        np.asarray(w, np.float64) for w in (cell.kernel, cell.recurrent_kernel, cell.bias)
+    )
+    x = np.asarray(model.embedding(ids), np.float64)
+    h, expected = np.zeros((2, 5)), []
+    for t in range(ids.shape[1]):
+        h = np.tanh(x[:, t] @ kernel + h @ recurrent + bias)
+        jac = (1 - h**2)[:, :, None] * recurrent.T[None]  # (batch, 5, 5)
+        expected.append(np.linalg.svd(jac, compute_uv=False)[:, 0])
+    np.testing.assert_allclose(spectrum["step_max_singular"], np.stack(expected, 1), rtol=1e-4)
 
 
 def _batch():

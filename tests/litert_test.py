@@ -133,10 +133,10 @@ def test_host_generation_through_litert_equals_the_library(tiny, tiny_export):
     model, vocab = tiny
     prompts = ["the cat", "a dog sat on"]
     step, keras_step = LiteRTStep(tiny_export / "step.tflite"), KerasStep(model)
-    greedy = generate_text(model, vocab, prompts, GreedySampler(), max_length=8)
+    greedy = generate_text(model, vocab, prompts, GreedySampler(), max_new_tokens=8)
     assert greedy == [["sat on the mat"], ["a log !"]]  # it learnt (most of) its sentences
     for sampler in (GreedySampler(), TopKSampler(k=5, seed=3)):  # one sampler, any step
-        reference = [r[0] for r in generate_text(model, vocab, prompts, sampler, max_length=8)]
+        reference = [r[0] for r in generate_text(model, vocab, prompts, sampler, max_new_tokens=8)]
         assert generate_text_with_step(step, vocab, prompts, sampler, 8) == reference
         assert generate_text_with_step(keras_step, vocab, prompts, sampler, 8) == reference
 

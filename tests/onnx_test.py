@@ -73,7 +73,7 @@ def test_host_generation_through_onnx_equals_the_library(exported):
     prompts = ["the", "a dog sat on the"]  # different lengths: one padded batch
     step = OnnxStep(out / "step.onnx")
     for sampler in (GreedySampler(), TopKSampler(k=5, seed=3)):
-        reference = [r[0] for r in generate_text(model, vocab, prompts, sampler, max_length=8)]
+        reference = [r[0] for r in generate_text(model, vocab, prompts, sampler, max_new_tokens=8)]
         assert generate_text_with_step(step, vocab, prompts, sampler, 8) == reference
     assert reference != [""] * 2
 

@@ -128,7 +128,8 @@ def test_every_command_help_has_an_example():
         assert "Example:\n  keras-rnnlm " + name in text, name
     for name in ("evaluate", "score", "generate"):
         assert "--quiet" in subparsers.choices[name].format_help()
-    assert "counts the prompt" in subparsers.choices["generate"].format_help()
+    generate_help = subparsers.choices["generate"].format_help()
+    assert "counts the prompt" in generate_help and "--max-new-tokens" in generate_help
 
 
 def test_train_says_what_it_does_and_what_to_try_next(tmp_path):

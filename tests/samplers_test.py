@@ -134,14 +134,14 @@ def test_decode_step_equals_forward_with_initial_state():
 @pytest.mark.parametrize("config", CONFIGS[:4] + CONFIGS[5:6], ids=str)
 def test_greedy_equals_beam_search_of_width_one(config):
     model = _model(**config)
-    greedy = generate(model, PROMPTS, GreedySampler(), max_length=12)
-    beam = generate(model, PROMPTS, BeamSampler(num_beams=1), max_length=12)
+    greedy = generate(model, PROMPTS, GreedySampler(), max_new_tokens=12)
+    beam = generate(model, PROMPTS, BeamSampler(num_beams=1), max_new_tokens=12)
     np.testing.assert_array_equal(greedy, beam)
 
 
 def test_greedy_follows_the_argmax_of_the_full_forward_pass():
     model = _model()
-    tokens = generate(model, PROMPTS, "greedy", max_length=10)
+    tokens = generate(model, PROMPTS, "greedy", max_new_tokens=10)
     sampler = GreedySampler()
     probabilities, emitted = _step_distributions(model, PROMPTS, tokens, sampler)
     np.testing.assert_array_equal(emitted, probabilities.argmax(axis=-1))
@@ -149,9 +149,9 @@ def test_greedy_follows_the_argmax_of_the_full_forward_pass():
 
 def test_batched_prompts_of_different_lengths_equal_one_by_one():
     model = _model(cell="gru")
-    batched = generate(model, PROMPTS, "greedy", max_length=8)
+    batched = generate(model, PROMPTS, "greedy", max_new_tokens=8)
     for prompt, row in zip(PROMPTS, batched, strict=True):
-        np.testing.assert_array_equal(generate(model, [prompt], "greedy", max_length=8)[0], row)
+        np.testing.assert_array_equal(generate(model, [prompt], "greedy", max_new_tokens=8)[0], row)
 
 
 def test_beam_search_returns_the_hand_computed_sequence():
@@ -159,22 +159,22 @@ def test_beam_search_returns_the_hand_computed_sequence():
     # Beam 2, step 1 keeps a (0.5), b (0.4); step 2 candidates: b <eos> 0.36, a <eos> 0.15,
     # a a 0.125, ... -> both kept beams are finished: b <eos> (P = 0.36) wins.
     model = _bigram_model(BEAM_TABLE)
-    greedy = generate(model, [[BOS_ID]], GreedySampler(), max_length=5)
+    greedy = generate(model, [[BOS_ID]], GreedySampler(), max_new_tokens=5)
     np.testing.assert_array_equal(greedy[0], [A, EOS_ID, 0, 0, 0])
     for width in (2, 3):
         sampler = BeamSampler(num_beams=width, return_all_beams=True)
-        sequences, scores = generate(model, [[BOS_ID]], sampler, max_length=5)
+        sequences, scores = generate(model, [[BOS_ID]], sampler, max_new_tokens=5)
         np.testing.assert_array_equal(sequences[0, 0], [B, EOS_ID, 0, 0, 0])
         np.testing.assert_array_equal(sequences[0, 1], [A, EOS_ID, 0, 0, 0])
         np.testing.assert_allclose(scores[0, :2], np.log([0.36, 0.15]), atol=1e-5)
-    best = generate(model, [[BOS_ID]], BeamSampler(num_beams=2), max_length=5)
+    best = generate(model, [[BOS_ID]], BeamSampler(num_beams=2), max_new_tokens=5)
     np.testing.assert_array_equal(best[0], [B, EOS_ID, 0, 0, 0])
 
 
 def test_beam_length_penalty_ranks_by_mean_log_probability():
     model = _bigram_model(BEAM_TABLE)
     sampler = BeamSampler(num_beams=3, length_penalty=1.0, return_all_beams=True)
-    sequences, scores = generate(model, [[BOS_ID]], sampler, max_length=5)
+    sequences, scores = generate(model, [[BOS_ID]], sampler, max_new_tokens=5)
     np.testing.assert_array_equal(sequences[0, 0], [B, EOS_ID, 0, 0, 0])
     np.testing.assert_allclose(scores[0, 0], np.log(0.36) / 2, atol=1e-5)
     assert np.all(np.diff(scores[0]) <= 0)
@@ -184,7 +184,7 @@ def test_top_k_never_leaves_the_k_best():
     model = _model(sharpen=1.0)
     prompts = PROMPTS * 8
     sampler = TopKSampler(k=3, seed=5)
-    tokens = generate(model, prompts, sampler, max_length=10)
+    tokens = generate(model, prompts, sampler, max_new_tokens=10)
     probabilities, emitted = _step_distributions(model, prompts, tokens, sampler)
     assert len(emitted) > 100
     top3 = np.argsort(-probabilities, axis=-1)[:, :3]
@@ -196,7 +196,7 @@ def test_top_p_never_leaves_the_nucleus():
     model = _model(sharpen=20.0, embedding_scale=20.0)
     prompts = PROMPTS * 8
     sampler = TopPSampler(p=0.6, seed=5)
-    tokens = generate(model, prompts, sampler, max_length=10)
+    tokens = generate(model, prompts, sampler, max_new_tokens=10)
     probabilities, emitted = _step_distributions(model, prompts, tokens, sampler)
     assert len(emitted) > 100
     for token, probs in zip(emitted, probabilities, strict=True):
@@ -215,8 +215,8 @@ def test_temperature_to_zero_approaches_greedy():
         for t in (1.0, 0.3, 0.1, 0.01, 0.001)
     ]
     assert peaks == sorted(peaks) and peaks[-1] > 0.99
-    greedy = generate(model, PROMPTS * 4, "greedy", max_length=10)
-    cold = generate(model, PROMPTS * 4, RandomSampler(temperature=1e-4, seed=0), max_length=10)
+    greedy = generate(model, PROMPTS * 4, "greedy", max_new_tokens=10)
+    cold = generate(model, PROMPTS * 4, RandomSampler(temperature=1e-4, seed=0), max_new_tokens=10)
     np.testing.assert_array_equal(cold, greedy)
 
 
@@ -240,7 +240,7 @@ def test_sampling_frequencies_match_the_known_distribution(sampler, expected):
     table[:, [EOS_ID, A, B, C]] = [0.1, 0.2, 0.3, 0.4]
     model = _bigram_model(table)
     n = 4000
-    tokens = generate(model, [[BOS_ID]] * n, sampler, max_length=1)[:, 0]
+    tokens = generate(model, [[BOS_ID]] * n, sampler, max_new_tokens=1)[:, 0]
     counts = np.array([(tokens == i).sum() for i in (EOS_ID, A, B, C)])
     expected = np.asarray(expected) / np.sum(expected)
     assert counts.sum() == n
@@ -258,9 +258,9 @@ def test_sampling_frequencies_match_the_known_distribution(sampler, expected):
 def test_same_seed_same_samples():
     model = _model(sharpen=1.0)
     for cls, kwargs in ((RandomSampler, {}), (TopKSampler, {"k": 5}), (TopPSampler, {"p": 0.9})):
-        first = generate(model, PROMPTS, cls(seed=7, **kwargs), max_length=10)
-        again = generate(model, PROMPTS, cls(seed=7, **kwargs), max_length=10)
-        other = generate(model, PROMPTS, cls(seed=8, **kwargs), max_length=10)
+        first = generate(model, PROMPTS, cls(seed=7, **kwargs), max_new_tokens=10)
+        again = generate(model, PROMPTS, cls(seed=7, **kwargs), max_new_tokens=10)
+        other = generate(model, PROMPTS, cls(seed=8, **kwargs), max_new_tokens=10)
         np.testing.assert_array_equal(first, again)
         assert not np.array_equal(first, other)
 
@@ -271,12 +271,12 @@ def test_never_emits_padding_or_unk_unless_asked():
     bias[[PAD_ID, UNK_ID, BOS_ID]] = 3.0  # the model loves them
     model.output_layer.bias.assign(bias)
     prompts = PROMPTS * 4
-    tokens = generate(model, prompts, RandomSampler(seed=1), max_length=10)
+    tokens = generate(model, prompts, RandomSampler(seed=1), max_new_tokens=10)
     for row in tokens:
         real = row[: np.argmax(row == PAD_ID)] if (row == PAD_ID).any() else row
         assert not np.isin(real, [PAD_ID, UNK_ID, BOS_ID]).any()
     allowed = RandomSampler(seed=1, suppressed_token_ids=(PAD_ID, BOS_ID))
-    assert (generate(model, prompts, allowed, max_length=10) == UNK_ID).any()
+    assert (generate(model, prompts, allowed, max_new_tokens=10) == UNK_ID).any()
 
 
 def test_rows_stop_at_eos_and_max_length():
@@ -284,7 +284,7 @@ def test_rows_stop_at_eos_and_max_length():
     bias = np.zeros(V, dtype="float32")
     bias[EOS_ID] = 2.0
     model.output_layer.bias.assign(bias)
-    tokens = generate(model, PROMPTS * 4, RandomSampler(seed=3), max_length=9)
+    tokens = generate(model, PROMPTS * 4, RandomSampler(seed=3), max_new_tokens=9)
     assert tokens.shape == (12, 9)
     stopped = 0
     for row in tokens:
@@ -294,7 +294,7 @@ def test_rows_stop_at_eos_and_max_length():
         else:
             assert np.all(row != PAD_ID)
     assert stopped > 0
-    never = generate(model, PROMPTS, "greedy", max_length=9, end_token_id=None)
+    never = generate(model, PROMPTS, "greedy", max_new_tokens=9, end_token_id=None)
     assert np.all(never != PAD_ID)
 
 
@@ -305,11 +305,11 @@ def test_rows_stop_at_eos_and_max_length():
 )
 def test_generation_compiles_with_xla(sampler):
     model = _model(cell="lstm", num_layers=2)
-    compiled = generate(model, PROMPTS, sampler, max_length=8, jit_compile=True)
+    compiled = generate(model, PROMPTS, sampler, max_new_tokens=8, jit_compile=True)
     assert compiled.shape == (3, 8)
     assert not np.isin(compiled[:, 0], [PAD_ID, UNK_ID, BOS_ID]).any()
     # the explicit draw (Philox integers, inverse CDF) is the same under XLA and on the CPU kernel
-    np.testing.assert_array_equal(compiled, generate(model, PROMPTS, sampler, max_length=8))
+    np.testing.assert_array_equal(compiled, generate(model, PROMPTS, sampler, max_new_tokens=8))
 
 
 def test_get_sampler_and_config_round_trip():

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rnnlm.data.vocabulary import EOS_ID, PAD_ID, Vocabulary
-from keras_rnnlm.samplers import get_sampler, pad_prompts
+from keras_rnnlm.samplers import get_sampler, pad_prompts, resolve_max_new_tokens
 
 
 class LiteRTStep:
@@ -154,8 +154,10 @@ def generate_with_step(
     step,
     prompt_ids,
     sampler="greedy",
-    max_length: int = 32,
+    max_new_tokens: int | None = None,
     end_token_id: int | None = EOS_ID,
+    *,
+    max_length: int | None = None,
 ) -> np.ndarray:
     """``keras_rnnlm.samplers.generate`` with a step callable instead of a Keras model.
 
@@ -166,16 +168,19 @@ def generate_with_step(
         step: a step callable (``LiteRTStep``, ``OnnxStep``, ``KerasStep``).
         prompt_ids: id lists or an int ``(batch, time)`` array right-padded with 0.
         sampler: a ``Sampler`` or a name for ``get_sampler``.
-        max_length: maximum number of generated tokens (prompt excluded).
+        max_new_tokens: maximum number of generated tokens, the prompt not counted (None:
+            ``keras_rnnlm.samplers.DEFAULT_NEW_TOKENS``).
         end_token_id: a row stops after this id; None never stops early.
+        max_length: deprecated name of ``max_new_tokens`` here (``DeprecationWarning``).
 
     Returns:
-        int32 ``(batch, max_length)`` generated ids, 0 after a row's end token.
+        int32 ``(batch, max_new_tokens)`` generated ids, 0 after a row's end token.
 
     Example:
 
-    >>> generate_with_step(LiteRTStep(path), [[3, 17]], GreedySampler(), max_length=10)
+    >>> generate_with_step(LiteRTStep(path), [[3, 17]], GreedySampler(), max_new_tokens=10)
     """
+    max_new_tokens = resolve_max_new_tokens(max_new_tokens, max_length, "generate_with_step")
     sampler = get_sampler(sampler)
     if not isinstance(prompt_ids, np.ndarray):
         prompt_ids = pad_prompts(prompt_ids)
@@ -189,7 +194,7 @@ def generate_with_step(
         next_fn,
         tf.constant(logits),
         [tf.constant(s) for s in states],
-        int(max_length),
+        max_new_tokens,
         end_token_id,
         seed=sampler.resolve_seed(),
     )
@@ -201,12 +206,23 @@ def generate_text_with_step(
     vocabulary: Vocabulary,
     prompts: Sequence[str],
     sampler="greedy",
-    max_length: int = 32,
+    max_new_tokens: int | None = None,
+    *,
+    max_length: int | None = None,
 ) -> list[str]:
     """Continue text prompts through a step callable, as ``samplers.generate_text`` does.
 
     Each prompt is ``[vocabulary.start_id] + vocabulary.encode(prompt)``; stream-trained
     vocabularies (``separates_with_eos``) do not stop at ``<eos>``.
+
+    Args:
+        step: a step callable (``LiteRTStep``, ``OnnxStep``, ``KerasStep``).
+        vocabulary: the model's ``Vocabulary``.
+        prompts: text prompts.
+        sampler: a ``Sampler`` or a name for ``get_sampler``.
+        max_new_tokens: maximum number of generated tokens per prompt, the prompt not counted
+            (None: ``keras_rnnlm.samplers.DEFAULT_NEW_TOKENS``).
+        max_length: deprecated name of ``max_new_tokens`` here (``DeprecationWarning``).
 
     Returns:
         One continuation per prompt (special tokens dropped).
@@ -215,9 +231,10 @@ def generate_text_with_step(
 
     >>> generate_text_with_step(LiteRTStep(path), vocab, ["the company said"], "greedy", 20)
     """
+    max_new_tokens = resolve_max_new_tokens(max_new_tokens, max_length, "generate_text_with_step")
     encoded = [[vocabulary.start_id, *vocabulary.encode(p)] for p in prompts]
     end_token_id = None if vocabulary.separates_with_eos else EOS_ID
-    tokens = generate_with_step(step, encoded, sampler, max_length, end_token_id)
+    tokens = generate_with_step(step, encoded, sampler, max_new_tokens, end_token_id)
     return [vocabulary.decode(row) for row in tokens]
 
 

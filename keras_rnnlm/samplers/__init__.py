@@ -24,6 +24,7 @@ from keras_rnnlm.samplers.generation import (
     get_sampler,
     make_generate_fn,
     pad_prompts,
+    resolve_max_new_tokens,
 )
 from keras_rnnlm.samplers.greedy_sampler import GreedySampler
 from keras_rnnlm.samplers.random_sampler import RandomSampler
@@ -49,5 +50,6 @@ __all__ = [
     "make_generate_fn",
     "pad_prompts",
     "prefill",
+    "resolve_max_new_tokens",
     "stateless_uniform",
 ]

@@ -24,6 +24,7 @@ seed ``(s0, s1)`` uses the seed ``(s0, s1 + t)``.
 """
 
 import random
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -138,6 +139,32 @@ def draw(weights, seed):
     return tf.minimum(index, last_positive)  # rounding can put the threshold at the total
 
 
+def loop_length(max_new_tokens, max_length, caller: str):
+    """A sampler call's ``max_new_tokens``, or its deprecated name ``max_length`` (warns).
+
+    Args:
+        max_new_tokens: the generated-token bound (a Python int or a scalar int32 tensor).
+        max_length: its old name in the samplers' ``__call__``; ``DeprecationWarning``.
+        caller: the sampler's name, for the messages.
+
+    Returns:
+        The bound to use.
+    """
+    if max_length is None:
+        if max_new_tokens is None:
+            raise TypeError(f"{caller}() needs max_new_tokens (the number of tokens to generate).")
+        return max_new_tokens
+    if max_new_tokens is not None:
+        raise TypeError(f"{caller}() got max_new_tokens and its deprecated name max_length.")
+    warnings.warn(
+        f"{caller}(max_length=...) is deprecated: it counts generated tokens, so it is named "
+        "max_new_tokens (max_length means the total length, prompt included, elsewhere).",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return max_length
+
+
 def is_python_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -150,7 +177,7 @@ class Sampler:
     turns the logits into probabilities (``compute_probabilities``: suppressed ids removed,
     temperature applied), picks one token per row (``get_next_token``), writes it, and feeds it
     to ``next_fn`` for the next logits. A row stops after it emits ``end_token_id`` (later
-    positions are 0); the loop stops when every row has stopped or after ``max_length`` tokens.
+    positions are 0); the loop stops when every row has stopped or after ``max_new_tokens`` tokens.
 
     Args:
         temperature: divides the logits before the softmax (< 1 sharper, > 1 flatter); a
@@ -165,19 +192,20 @@ class Sampler:
             (``decode_step`` bound to a model).
         logits: ``(batch, vocabulary_size)``, the distribution of the first new token.
         states: the recurrent states after the prompt (any nested structure of tensors).
-        max_length: maximum number of generated tokens (the prompt is not counted): a Python
+        max_new_tokens: maximum number of generated tokens (the prompt is not counted): a Python
             int, or a scalar int32 tensor when ``buffer_length`` is given.
         end_token_id: id that ends a row (default ``<eos>``); None never stops early.
         seed: optional int32 ``(2,)`` tensor overriding ``self.seed``.
-        buffer_length: static bound of a tensor ``max_length`` (the output buffer's size).
+        buffer_length: static bound of a tensor ``max_new_tokens`` (the output buffer's size).
+        max_length: deprecated name of ``max_new_tokens`` (``DeprecationWarning``).
 
     Returns:
-        int32 ``(batch, max_length)``: the generated ids, ``end_token_id`` included, 0 after.
+        int32 ``(batch, max_new_tokens)``: the generated ids, ``end_token_id`` included, 0 after.
 
     Example:
 
     >>> sampler = TopKSampler(k=10, seed=1)
-    >>> tokens = generate(model, [[2, 17, 5]], sampler, max_length=20)
+    >>> tokens = generate(model, [[2, 17, 5]], sampler, max_new_tokens=20)
     """
 
     def __init__(
@@ -225,22 +253,25 @@ class Sampler:
         next_fn,
         logits,
         states,
-        max_length,
+        max_new_tokens=None,
         end_token_id=EOS_ID,
         seed=None,
         buffer_length=None,
+        *,
+        max_length=None,
     ):
+        max_new_tokens = loop_length(max_new_tokens, max_length, type(self).__name__)
         if seed is None:
             seed = self.resolve_seed()
         seed = tf.cast(seed, "int32")
-        size = int(max_length if buffer_length is None else buffer_length)
+        size = int(max_new_tokens if buffer_length is None else buffer_length)
         batch_size = tf.shape(logits)[0]
         end = -1 if end_token_id is None else int(end_token_id)
         tokens = tf.zeros((size, batch_size), dtype="int32")  # (buffer, batch)
         done = tf.zeros((batch_size,), dtype="bool")
 
         def cond(t, logits, states, tokens, done):
-            return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(done)))
+            return tf.logical_and(t < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
 
         def body(t, logits, states, tokens, done):
             probabilities = self.compute_probabilities(logits)  # (batch, vocab)
@@ -259,7 +290,7 @@ class Sampler:
             maximum_iterations=size,
         )
         tokens = tf.transpose(tokens)  # (batch, buffer)
-        return tokens if buffer_length is None else tokens[:, :max_length]
+        return tokens if buffer_length is None else tokens[:, :max_new_tokens]
 
     def get_config(self):
         return {

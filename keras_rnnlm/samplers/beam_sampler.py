@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_rnnlm.data.vocabulary import EOS_ID, PAD_ID
-from keras_rnnlm.samplers.base import NEG, PACKAGE, Sampler
+from keras_rnnlm.samplers.base import NEG, PACKAGE, Sampler, loop_length
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -20,13 +20,13 @@ class BeamSampler(Sampler):
     Args:
         num_beams: beam width.
         length_penalty: exponent of the length normalisation (0: plain total log-probability).
-        return_all_beams: return every beam, best first, ``(batch, num_beams, max_length)`` and
-            their scores, instead of the best beam ``(batch, max_length)``.
+        return_all_beams: return every beam, best first, ``(batch, num_beams, max_new_tokens)`` and
+            their scores, instead of the best beam ``(batch, max_new_tokens)``.
         suppressed_token_ids: as for ``Sampler``. (``temperature`` and ``seed`` are unused.)
 
     Example:
 
-    >>> generate(model, [[2, 17]], BeamSampler(num_beams=4), max_length=10)
+    >>> generate(model, [[2, 17]], BeamSampler(num_beams=4), max_new_tokens=10)
     """
 
     def __init__(
@@ -49,7 +49,18 @@ class BeamSampler(Sampler):
         lengths = tf.cast(tf.maximum(lengths, 1), scores.dtype)
         return scores / lengths**self.length_penalty
 
-    def __call__(self, next_fn, logits, states, max_length, end_token_id=EOS_ID, seed=None):
+    def __call__(
+        self,
+        next_fn,
+        logits,
+        states,
+        max_new_tokens=None,
+        end_token_id=EOS_ID,
+        seed=None,
+        *,
+        max_length=None,
+    ):
+        max_new_tokens = loop_length(max_new_tokens, max_length, type(self).__name__)
         k = self.num_beams
         end = -1 if end_token_id is None else int(end_token_id)
         batch_size = tf.shape(logits)[0]
@@ -64,11 +75,11 @@ class BeamSampler(Sampler):
         scores = tf.tile(tf.constant([[0.0] + [NEG] * (k - 1)]), [batch_size, 1])  # (batch, k)
         finished = tf.zeros((batch_size, k), dtype="bool")
         lengths = tf.zeros((batch_size, k), dtype="int32")
-        sequences = tf.zeros((batch_size, k, max_length), dtype="int32")
+        sequences = tf.zeros((batch_size, k, max_new_tokens), dtype="int32")
         only_padding = tf.where(tf.range(vocabulary_size) == PAD_ID, 0.0, NEG)  # (vocab,)
 
         def cond(t, logits, states, scores, finished, lengths, sequences):
-            return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
+            return tf.logical_and(t < max_new_tokens, tf.logical_not(tf.reduce_all(finished)))
 
         def body(t, logits, states, scores, finished, lengths, sequences):
             static = (logits, states, scores, finished, lengths, sequences)
@@ -90,8 +101,8 @@ class BeamSampler(Sampler):
             was_finished = tf.gather(finished, beam, batch_dims=1)
             token = tf.where(was_finished, PAD_ID, token)
             lengths = tf.gather(new_lengths, beam, batch_dims=1)
-            sequences = tf.gather(sequences, beam, batch_dims=1)  # (batch, k, max_length)
-            at_t = tf.equal(tf.range(max_length), t)[None, None, :]
+            sequences = tf.gather(sequences, beam, batch_dims=1)  # (batch, k, max_new_tokens)
+            at_t = tf.equal(tf.range(max_new_tokens), t)[None, None, :]
             sequences = tf.where(at_t, token[..., None], sequences)
             finished = tf.logical_or(was_finished, tf.equal(token, end))
             rows = tf.reshape(tf.range(batch_size)[:, None] * k + beam, [-1])  # (batch * k,)
@@ -108,7 +119,7 @@ class BeamSampler(Sampler):
             cond,
             body,
             (tf.constant(0), logits, states, scores, finished, lengths, sequences),
-            maximum_iterations=max_length,
+            maximum_iterations=max_new_tokens,
         )
         ranking = self._normalise(scores, lengths)
         ranking, order = tf.math.top_k(ranking, k=k)  # best first

@@ -12,7 +12,7 @@ class GreedySampler(Sampler):
 
     Example:
 
-    >>> generate(model, [[2, 17]], GreedySampler(), max_length=10)
+    >>> generate(model, [[2, 17]], GreedySampler(), max_new_tokens=10)
     """
 
     def get_next_token(self, probabilities, seed):
