@@ -67,18 +67,21 @@ def cached_function(model, key: Hashable, build: Callable[[], Callable], **funct
     cache = model_cache(model)
     key = (key, tuple(sorted(function_kwargs.items())))
     if key not in cache:
-        python_function = build()
-        traces = cache[_TRACES]
-
-        def traced(*args):
-            traces[key] += 1  # a Python side effect: runs only while tracing
-            return python_function(*args)
-
-        # TensorFlow's retracing statistics are keyed by the code object: key them by the
-        # traced function's own code, not by this wrapper's (shared by every cached function)
-        traced.__wrapped__ = python_function
-        cache[key] = tf.function(traced, **function_kwargs)
+        cache[key] = tf.function(_TracedFunction(build(), cache[_TRACES], key), **function_kwargs)
     return cache[key]
+
+
+class _TracedFunction:
+    """``build()``'s function, counting its traces. A callable object, not a closure:
+    TensorFlow keys its retracing statistics by the code object, which closures made here
+    would all share (one "function" seemingly retraced for every model and setting)."""
+
+    def __init__(self, python_function, traces, key):
+        self.python_function, self.traces, self.key = python_function, traces, key
+
+    def __call__(self, *args):
+        self.traces[self.key] += 1  # a Python side effect: runs only while tracing
+        return self.python_function(*args)
 
 
 def trace_count(model, key: Hashable | None = None) -> int:

@@ -317,7 +317,7 @@ def test_library_cli_and_tf_only_export_generate_the_same_tokens(tmp_path, capsy
     served = json.loads((tmp_path / "out.json").read_text())
     sampled = set()
     for (cli_options, sampler, _), served_ids in zip(cases, served, strict=True):
-        library = generate(model, [prompt] * 4, sampler, max_length=steps)
+        library = generate(model, [prompt] * 4, sampler, max_new_tokens=steps)
         assert np.array(served_ids).tolist() == library.tolist(), cli_options
         sampled.update(library.ravel().tolist())
         capsys.readouterr()

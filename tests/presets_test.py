@@ -118,7 +118,9 @@ def test_shipped_preset_greedy_generation_equals_the_export_generate_signature()
         top_k=tf.constant(0),
         seed=tf.constant(0),
     )["generated_ids"].numpy()[0]
-    ours = generate(model, prompt_ids.numpy(), GreedySampler(), max_length=new, end_token_id=None)
+    ours = generate(
+        model, prompt_ids.numpy(), GreedySampler(), max_new_tokens=new, end_token_id=None
+    )
     np.testing.assert_array_equal(ours[0], exported)
     assert len(exported) + prompt_ids.shape[1] == max_length
     # no near-tie along the greedy path, so the equality cannot flake on rounding
