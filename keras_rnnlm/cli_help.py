@@ -19,11 +19,15 @@ EXAMPLES = {
   keras-rnnlm train                          # 2x200 LSTM on the offline python_docs corpus
   keras-rnnlm train --preset small --output ptb_small --tensorboard tb   # PTB, Zaremba small
   keras-rnnlm train --train-file my.txt --valid-file my_valid.txt --epochs 3 --output my_run
+  keras-rnnlm train --mode stream --document-boundary blank --train-file docs.txt
+  keras-rnnlm train --strategy mirrored --cpu-devices 2 --batch-size 32   # 2 replicas
 An interrupted run resumes when the same command is run again.""",
     "evaluate": """Example:
   keras-rnnlm evaluate rnnlm_run --test-file test.txt          # JSON on stdout, with a 95% CI
   keras-rnnlm evaluate saved_models/ptb_word_lstm_small --test-file ptb.test.txt  # as a stream
-  keras-rnnlm evaluate rnnlm_run --test-file test.txt --quiet | jq .perplexity""",
+  keras-rnnlm evaluate rnnlm_run --test-file test.txt --quiet | jq .perplexity
+  keras-rnnlm evaluate saved_models/ptb_word_lstm_small --test-file ptb.test.txt \\
+      --dynamic --dynamic-train-file ptb.train.txt           # + dynamic evaluation""",
     "compare": """Example:
   keras-rnnlm compare run_a run_b --test-file test.txt   # log ppl(B) - log ppl(A), paired CI""",
     "export": """Example:

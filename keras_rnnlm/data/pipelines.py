@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from keras_rnnlm.backbone import RESET_KEY, TOKEN_IDS_KEY
 from keras_rnnlm.data.corpora import BLANK_LINE, split_documents
+from keras_rnnlm.data.fit_inputs import without_autotuner
 from keras_rnnlm.data.vocabulary import BOS_ID, EOS_ID
 
 PREFETCH_BATCHES = 2  # batches prepared ahead of the model (the pipelines are cheap)
@@ -44,9 +45,7 @@ def prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
     the iterator was created; with these options 0 of 10. A stall can reach the 60 s period on
     long epochs. These pipelines (slices of in-memory arrays, padding) have nothing to tune.
     """
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return dataset.prefetch(PREFETCH_BATCHES).with_options(options)
+    return without_autotuner(dataset.prefetch(PREFETCH_BATCHES))
 
 
 def encode_corpus(vocabulary, sentences: Sequence[str]) -> list[list[int]]:
