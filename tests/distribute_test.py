@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from script_results import script_result
 
 from keras_rnnlm.distribute import SGD, cross_replica_sum, get_strategy
 from keras_rnnlm.training import make_optimizer
@@ -19,17 +20,7 @@ SCRIPT = Path(__file__).with_name("distribute_parity_script.py")
 
 def _parity(optimizer_kind):
     # logical devices must be configured before TensorFlow starts: a fresh process
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), optimizer_kind, "nojit"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, out.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT ") :])
+    return script_result(SCRIPT, optimizer_kind, "nojit", timeout=300)
 
 
 @pytest.mark.slow

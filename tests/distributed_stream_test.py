@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from script_results import script_result
 
 from keras_rnnlm.data.pipelines import stream_batches
 from keras_rnnlm.distributed_stream import (
@@ -32,16 +33,7 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def _run_script(optimizer):
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), optimizer],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=ENV,
-    )
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, out.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT ") :])
+    return script_result(SCRIPT, optimizer)
 
 
 @pytest.mark.slow

@@ -198,3 +198,12 @@ def test_two_workers_train_stream_mode_like_one_device(tmp_path):
     assert (two["replicas"], two["workers"], two["mode"]) == (2, 2, "stream")
     for split in ("train", "valid"):
         assert two[split]["perplexity"] == pytest.approx(one[split]["perplexity"], rel=1e-5)
+    import keras  # the weights after 2 epochs (about 80 steps, dropout 0): the one-device ones
+
+    weights = [
+        keras.saving.load_model(tmp_path / r / "model.keras").weights for r in ("one", "two")
+    ]
+    for a, b in zip(*weights, strict=True):
+        if a.trainable:
+            a, b = np.asarray(a), np.asarray(b)
+            assert np.max(np.abs(a - b) / np.maximum(1.0, np.abs(a))) <= 1e-5, a.shape
