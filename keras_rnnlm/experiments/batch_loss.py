@@ -94,7 +94,7 @@ class BatchLossRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         tracker, perplexity = self._metric("loss"), self._metric("perplexity")
         total, count = float(tracker.total.numpy()), float(tracker.count.numpy())
-        tokens = float(perplexity.total_tokens.numpy()) if perplexity is not None else 0.0
+        tokens = float(perplexity.total_tokens) if perplexity is not None else 0.0
         previous_total, previous_count, previous_tokens = self._previous
         self.losses.append((total - previous_total) / (count - previous_count))
         self.sizes.append(count - previous_count)
