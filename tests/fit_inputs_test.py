@@ -114,6 +114,17 @@ def test_shuffled_array_dataset_is_a_permutation_each_epoch():
         assert sorted(order.tolist()) == list(range(10))
     assert [len(b) for b in dataset.as_numpy_iterator()] == [3, 3, 3, 1]
     assert dataset.options().autotune.enabled is False
+    assert dataset.element_spec.shape.as_list() == [None]  # a partial batch: dynamic, as Keras
+    full = array_dataset(np.zeros((6, 2)), batch_size=3)
+    assert full.element_spec.shape.as_list() == [3, 2]  # all batches full: static, as Keras
+
+
+def test_stateful_model_trains_on_arrays():
+    """A stateful model needs the static batch dimension Keras's array pipeline gives."""
+    x, y = _data(n=8)
+    model = _model(stateful=True)
+    history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
 
 
 def test_without_autotuner_keeps_elements():

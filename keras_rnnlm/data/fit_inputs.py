@@ -101,10 +101,13 @@ def array_dataset(x, y=None, sample_weight=None, batch_size=None, shuffle=False)
         parts.append(sample_weight)
     elements = parts[0] if len(parts) == 1 else tuple(parts)
     dataset = tf.data.Dataset.from_tensor_slices(elements)
+    count = _first_dimension(x)
     if shuffle:
-        count = _first_dimension(x)
         dataset = dataset.shuffle(count, reshuffle_each_iteration=True)
-    return without_autotuner(dataset.batch(batch_size).prefetch(2))
+    # a static batch dimension when every batch is full, as Keras's array pipeline gives (a
+    # stateful model builds its state variables from it); nothing is dropped either way
+    batched = dataset.batch(batch_size, drop_remainder=count % batch_size == 0)
+    return without_autotuner(batched.prefetch(2))
 
 
 def stall_free_fit_arguments(x, y, kwargs: dict) -> tuple | None:
