@@ -232,7 +232,8 @@ def _train(config: TrainConfig, write_dir: Path, callbacks: list | None) -> dict
             first_epoch=first_epoch,
             steps_per_epoch=config.steps_per_epoch,
         )
-    elif multi_replica and not documents:  # each replica its own rows, across workers too
+    elif config.strategy == "multi_worker" and not documents:  # rows, not batches, per worker
+        # (one machine's MirroredStrategy splits each global batch into row blocks already)
         train_data = distribute_stream_dataset(
             strategy,
             *stream_batches(token_stream(splits["train"]), config.batch_size, config.num_steps),

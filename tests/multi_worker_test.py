@@ -200,6 +200,8 @@ def test_two_workers_train_stream_mode_like_one_device(tmp_path):
         assert two[split]["perplexity"] == pytest.approx(one[split]["perplexity"], rel=1e-5)
     import keras  # the weights after 2 epochs (about 80 steps, dropout 0): the one-device ones
 
+    import keras_rnnlm.runs  # noqa: F401  (registers the classes load_model needs)
+
     weights = [
         keras.saving.load_model(tmp_path / r / "model.keras").weights for r in ("one", "two")
     ]

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_rnnlm.runs import TrainConfig, train
+from keras_rnnlm.runs import TrainConfig, TrainingCrashedError, train
 from keras_rnnlm.summaries import STEP_TAGS, read_scalars
 from keras_rnnlm.training import EpochDecay
 
@@ -66,8 +66,11 @@ def _latest(events):
 
 
 def test_tensorboard_events_match_metrics_json_across_a_resume(tmp_path):
-    with pytest.raises(_Interrupt):  # epoch 0 done without the flag, killed before epoch 1
+    # epoch 0 done without the flag, killed before epoch 1 (train reports the crash, and its
+    # cause, as TrainingCrashedError)
+    with pytest.raises(TrainingCrashedError) as crashed:
         train(_config(tmp_path), callbacks=[_StopBeforeEpoch(1)])
+    assert isinstance(crashed.value.__cause__, _Interrupt)
     log_dir = tmp_path / "tb"
     metrics = train(_config(tmp_path, tensorboard=str(log_dir)))  # resumed, flag added
     assert metrics["resumed_at_epoch"] == 1
