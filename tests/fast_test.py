@@ -185,8 +185,12 @@ def test_keras_files_saved_before_the_implementation_option_load(name):
     loaded = keras.saving.load_model(DATA / f"main_b65c9e6_{name}.keras")
     assert loaded.get_config()["implementation"] == "auto"
     assert loaded.get_config()["output_dtype"] == ("bfloat16" if "bf16" in name else "float32")
+    # the bfloat16 logits were written on a CPU that emulates bf16 matmuls; a CPU with
+    # AVX512-BF16 accumulates the bf16 products in another order (seen: up to 7.6e-6 apart)
     np.testing.assert_allclose(
-        np.asarray(loaded(x)), np.load(DATA / f"main_b65c9e6_{name}_logits.npy"), atol=1e-6
+        np.asarray(loaded(x)),
+        np.load(DATA / f"main_b65c9e6_{name}_logits.npy"),
+        atol=5e-5 if "bf16" in name else 1e-6,
     )
     assert loaded._fast_path == (name == "recurrence_bf16")
     before = float(loaded.evaluate(x[:, :-1], x[:, 1:], verbose=0, return_dict=True)["loss"])
