@@ -27,7 +27,11 @@ An interrupted run resumes when the same command is run again.""",
   keras-rnnlm evaluate saved_models/ptb_word_lstm_small --test-file ptb.test.txt  # as a stream
   keras-rnnlm evaluate rnnlm_run --test-file test.txt --quiet | jq .perplexity
   keras-rnnlm evaluate saved_models/ptb_word_lstm_small --test-file ptb.test.txt \\
-      --dynamic --dynamic-train-file ptb.train.txt           # + dynamic evaluation""",
+      --dynamic --dynamic-train-file ptb.train.txt           # + dynamic evaluation
+  keras-rnnlm evaluate saved_models/shakespeare_char_lstm --test-file plays.txt \\
+      --document-boundary blank      # state reset at every blank line (also with --dynamic)
+--document-boundary defaults to the run's own (train --document-boundary); 'none' carries the
+state through the whole text.""",
     "compare": """Example:
   keras-rnnlm compare run_a run_b --test-file test.txt   # log ppl(B) - log ppl(A), paired CI""",
     "export": """Example:

@@ -23,6 +23,18 @@ copy (``RNNLanguageModel.clone_with``), and nothing is written to disk.
 With ``lr = 0`` and ``decay = 0`` the weights never move and the segment NLLs are the static
 stream NLLs of ``keras_rnnlm.evaluation.evaluate_stream_perplexity`` with
 ``window=segment_length``, the same per-token NLL function (``evaluation.nll_sums``).
+
+**Documents.** Every function takes an optional per-token ``reset`` aligned with the stream
+(``keras_rnnlm.data.pipelines.document_stream``, the resets of training's
+``--document-boundary``): a row's recurrent state is zeroed before the tokens where it is 1,
+through the same reset-aware forward as static stream evaluation
+(``keras_rnnlm.evaluation.forward_with_reset``), so no context crosses a document boundary in
+the scores, nor in the truncated-BPTT gradients (the gradient statistics on the training text
+included). **Only the state resets: the adapted weights carry over** from one document to the
+next (and the decay keeps pulling them toward the trained ones), as in Krause et al.'s
+evaluation of a corpus of articles read in order: what was learnt of the corpus (style,
+vocabulary) stays; what was said in the previous document is not context. With ``lr = 0`` a
+document is therefore scored exactly as a fresh stream started at it.
 """
 
 import time
@@ -30,17 +42,22 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_rnnlm.evaluation import nll_sums, perplexity_summary, stream_windows
+from keras_rnnlm.evaluation import (
+    forward_with_reset,
+    nll_sums,
+    perplexity_summary,
+    stream_windows,
+)
 
 #: Krause et al.'s epsilon of the RMS-normalised step (their PTB code's default)
 DEFAULT_EPSILON = 2e-5
 
 
-def _segment_gradients(model, variables, inputs, targets, states):
+def _segment_gradients(model, variables, inputs, targets, states, reset=None):
     """``nll_sums`` of one segment, the states after it, and the (dense) gradients of its mean
-    NLL per real token."""
+    NLL per real token (``reset``: None or a bool ``(batch, time)`` of state resets)."""
     with tf.GradientTape() as tape:
-        logits, new_states = model.forward(inputs, initial_state=states)
+        logits, new_states = forward_with_reset(model, inputs, states, reset)
         sums = nll_sums(targets, logits, per_token=True)
         tokens = tf.cast(tf.reduce_sum(sums["tokens"]), tf.float32)
         loss = tf.reduce_sum(sums["token_nll"]) / tf.maximum(tokens, 1.0)
@@ -49,10 +66,13 @@ def _segment_gradients(model, variables, inputs, targets, states):
 
 
 def _segment_step(model, variables):
-    """A graph ``fn(inputs, targets, states, lr, rms, theta_0, decay_rates)``: score, update."""
+    """A graph ``fn(inputs, targets, states, lr, rms, theta_0, decay_rates[, reset])``: score,
+    then update."""
 
-    def fn(inputs, targets, states, lr, rms, theta_0, decay_rates):
-        sums, new_states, gradients = _segment_gradients(model, variables, inputs, targets, states)
+    def fn(inputs, targets, states, lr, rms, theta_0, decay_rates, reset=None):
+        sums, new_states, gradients = _segment_gradients(
+            model, variables, inputs, targets, states, reset
+        )
         for variable, gradient, r, t0, d in zip(variables, gradients, rms, theta_0, decay_rates):
             value = tf.convert_to_tensor(variable)
             variable.assign(value - lr * gradient / (r + DEFAULT_EPSILON) + d * (t0 - value))
@@ -62,10 +82,12 @@ def _segment_step(model, variables):
 
 
 def _gradient_square_step(model, variables):
-    """A graph ``fn(inputs, targets, states, squares)`` adding the squared gradients."""
+    """A graph ``fn(inputs, targets, states, squares[, reset])`` adding the squared gradients."""
 
-    def fn(inputs, targets, states, squares):
-        _, new_states, gradients = _segment_gradients(model, variables, inputs, targets, states)
+    def fn(inputs, targets, states, squares, reset=None):
+        _, new_states, gradients = _segment_gradients(
+            model, variables, inputs, targets, states, reset
+        )
         for square, gradient in zip(squares, gradients):
             square.assign_add(tf.square(gradient))
         return new_states
@@ -73,8 +95,25 @@ def _gradient_square_step(model, variables):
     return tf.function(fn)
 
 
+def _check_reset(reset, stream) -> np.ndarray | None:
+    """``reset`` as an array aligned with ``stream``, or a clear error."""
+    if reset is None:
+        return None
+    reset = np.asarray(reset)
+    if reset.shape != np.shape(stream):
+        raise ValueError(
+            f"reset must be aligned with the stream: shape {reset.shape} != {np.shape(stream)}."
+        )
+    return reset
+
+
 def gradient_rms(
-    model, stream, segment_length: int = 20, rows: int = 64, max_tokens: int | None = None
+    model,
+    stream,
+    segment_length: int = 20,
+    rows: int = 64,
+    max_tokens: int | None = None,
+    reset=None,
 ) -> tuple[list[np.ndarray], dict]:
     """Root-mean-square of the segment gradients of ``model`` over a (training) token stream.
 
@@ -88,27 +127,35 @@ def gradient_rms(
         segment_length: tokens per segment.
         rows: parallel streams per gradient.
         max_tokens: use only the first ``max_tokens`` tokens (None: all).
+        reset: optional per-token resets aligned with ``stream`` (``document_stream``): each
+            row's state is zeroed at its documents' starts, so no gradient crosses a document.
 
     Returns:
         ``(rms, info)``: one float32 array per ``model.trainable_variables`` entry, and
-        ``{"tokens", "segments", "rows", "segment_length"}`` saying how much text was used.
+        ``{"tokens", "segments", "rows", "segment_length"}`` saying how much text was used
+        (+ ``"resets"``: document starts inside the batches, when ``reset`` is given).
 
     Example:
 
     >>> rms, info = gradient_rms(model, token_stream(train_sentences), segment_length=20)
     """
-    from keras_rnnlm.data.pipelines import stream_batches
+    from keras_rnnlm.data.pipelines import _cut_rows, stream_batches
 
     if segment_length < 1 or rows < 1:
         raise ValueError(f"segment_length and rows must be >= 1, got {segment_length}, {rows}.")
+    reset = _check_reset(reset, stream)
     stream = np.asarray(stream, np.int32)[:max_tokens]
     inputs, targets = stream_batches(stream, rows, segment_length)
+    resets = None if reset is None else _cut_rows(reset[:max_tokens], rows, segment_length, 0)
     variables = model.trainable_variables
     squares = [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in variables]
     step = _gradient_square_step(model, variables)
     states = model.get_initial_state(rows)
-    for x, y in zip(inputs, targets, strict=True):
-        states = step(x, y, states, squares)
+    for i, (x, y) in enumerate(zip(inputs, targets, strict=True)):
+        if resets is None:
+            states = step(x, y, states, squares)
+        else:
+            states = step(x, y, states, squares, resets[i] != 0)
     rms = [np.sqrt(s.numpy() / len(inputs)) for s in squares]
     info = {
         "tokens": int(inputs.size),
@@ -116,6 +163,8 @@ def gradient_rms(
         "rows": rows,
         "segment_length": segment_length,
     }
+    if resets is not None:
+        info["resets"] = int(np.count_nonzero(resets))
     return rms, info
 
 
@@ -127,6 +176,7 @@ def dynamic_stream_units(
     decay: float,
     segment_length: int = 20,
     progress=None,
+    reset=None,
 ) -> dict:
     """Dynamic-evaluation NLL of a token stream: score each segment, then update on it.
 
@@ -138,6 +188,9 @@ def dynamic_stream_units(
         decay: ``lambda`` of the decay toward the trained weights (0: none).
         segment_length: tokens scored before each update.
         progress: a ``keras_rnnlm.progress.Progress`` counting segments, or None.
+        reset: optional per-token resets aligned with ``stream`` (``document_stream``): the
+            state is zeroed before the tokens where it is 1; the weights carry on adapting
+            across documents (see the module's docstring).
 
     Returns:
         ``perplexity_summary`` keys plus ``"units": {"nll", "tokens"}`` (one entry per segment,
@@ -146,6 +199,8 @@ def dynamic_stream_units(
     Example:
 
     >>> dynamic_stream_units(model, test_ids, rms, lr=1e-4, decay=1e-3)["perplexity"]
+    >>> stream, reset = encode_stream(vocabulary, lines, "blank")
+    >>> dynamic_stream_units(model, stream, rms, 1e-4, 0.02, reset=reset)["perplexity"]
     """
     if lr < 0 or decay < 0:
         raise ValueError(f"lr and decay must be >= 0, got lr={lr}, decay={decay}.")
@@ -153,6 +208,7 @@ def dynamic_stream_units(
         raise ValueError(f"segment_length must be >= 1, got {segment_length}.")
     if len(np.asarray(stream)) < 2:
         raise ValueError("A stream needs at least 2 tokens.")
+    reset = _check_reset(reset, stream)
     work = model.clone_with()  # the updates go to this copy
     variables = work.trainable_variables
     if len(rms) != len(variables) or any(
@@ -170,8 +226,12 @@ def dynamic_stream_units(
     states = work.get_initial_state(1)
     units_nll, units_tokens = [], []
     start = time.perf_counter()
+    resets = None if reset is None else stream_windows(reset, segment_length)
     for inputs, targets in stream_windows(stream, segment_length):
-        out = step(inputs, targets, states, lr_t, rms_t, theta_0, rates)
+        if resets is None:
+            out = step(inputs, targets, states, lr_t, rms_t, theta_0, rates)
+        else:
+            out = step(inputs, targets, states, lr_t, rms_t, theta_0, rates, next(resets)[0] != 0)
         states = out["states"]
         units_nll.append(out["nll"].numpy())
         units_tokens.append(out["tokens"].numpy())
@@ -195,6 +255,7 @@ def static_and_dynamic(
     seed: int = 0,
     block_tokens: int = 512,
     progress=None,
+    reset=None,
 ) -> dict:
     """Static and dynamic perplexity of one stream on the same segments, with intervals.
 
@@ -214,6 +275,8 @@ def static_and_dynamic(
         seed: seed of the resampling.
         block_tokens: tokens per resampled block (rounded to whole segments).
         progress: a ``keras_rnnlm.progress.Progress`` counting dynamic segments, or None.
+        reset: optional per-token resets aligned with ``stream`` (``document_stream``), the
+            same for both passes: the static and the dynamic state zeroed at document starts.
 
     Returns:
         ``{"perplexity", "perplexity_ci95", "tokens", "bits_per_token", "dynamic_perplexity",
@@ -228,9 +291,13 @@ def static_and_dynamic(
     from keras_rnnlm.intervals import block_units, bootstrap_perplexity, paired_bootstrap_difference
 
     start = time.perf_counter()
-    static = evaluate_stream_perplexity(model, stream, segment_length, return_units=True)
+    static = evaluate_stream_perplexity(
+        model, stream, segment_length, return_units=True, reset=reset
+    )
     static_seconds = time.perf_counter() - start
-    dynamic = dynamic_stream_units(model, stream, rms, lr, decay, segment_length, progress)
+    dynamic = dynamic_stream_units(
+        model, stream, rms, lr, decay, segment_length, progress, reset=reset
+    )
     block = max(1, round(block_tokens / segment_length))
     s_nll, s_tok = block_units(static["units"]["nll"], static["units"]["tokens"], block)
     d_nll, d_tok = block_units(dynamic["units"]["nll"], dynamic["units"]["tokens"], block)
@@ -254,16 +321,42 @@ def static_and_dynamic(
     }
 
 
-def text_file_stream(vocabulary, text_file, max_tokens: int | None = None) -> np.ndarray:
-    """A text file (one sentence per line) as one token stream, sentences ended by ``<eos>``,
-    as ``keras_rnnlm.runs.score_text_units`` reads it in stream mode."""
-    from keras_rnnlm.data.corpora import text_files_corpus
-    from keras_rnnlm.data.pipelines import token_stream
+def text_file_documents(
+    vocabulary, text_file, document_boundary: str | None, max_tokens: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A text file (one sentence per line) as one token stream split into documents, as
+    ``keras_rnnlm.runs.score_text_units`` reads it in stream mode.
 
-    sentences = [ids for ids in vocabulary.encode_batch(text_files_corpus(text_file).train) if ids]
-    if not sentences:
+    Args:
+        vocabulary: the model's ``Vocabulary``.
+        text_file: the text, one sentence per line.
+        document_boundary: ``"blank"`` (blank lines separate documents), a token (lines holding
+            only it separate documents and are dropped), or None (no documents), the semantics
+            of training's ``--document-boundary`` (``keras_rnnlm.data.pipelines.encode_stream``).
+        max_tokens: keep only the first ``max_tokens`` tokens (None: all).
+
+    Returns:
+        ``(stream, reset)``: int32 ids (sentences ended by ``<eos>``) and the per-token resets
+        (1 at the ``<eos>`` before each document's first token), None without a boundary.
+
+    Example:
+
+    >>> stream, reset = text_file_documents(vocabulary, "plays.txt", "blank")
+    >>> int(reset.sum())  # the number of documents
+    """
+    from keras_rnnlm.data.corpora import text_files_corpus
+    from keras_rnnlm.data.pipelines import encode_stream
+
+    stream, reset = encode_stream(vocabulary, text_files_corpus(text_file).train, document_boundary)
+    if len(stream) == 0:
         raise ValueError(f"{text_file} holds no text.")
-    return token_stream(sentences)[:max_tokens]
+    return stream[:max_tokens], None if reset is None else reset[:max_tokens]
+
+
+def text_file_stream(vocabulary, text_file, max_tokens: int | None = None) -> np.ndarray:
+    """A text file (one sentence per line) as one token stream, sentences ended by ``<eos>``
+    (``text_file_documents`` without documents)."""
+    return text_file_documents(vocabulary, text_file, None, max_tokens)[0]
 
 
 def dynamic_evaluate_text_file(
@@ -280,6 +373,7 @@ def dynamic_evaluate_text_file(
     block_tokens: int = 512,
     mode: str | None = None,
     quiet: bool = False,
+    document_boundary: str | None = None,
 ) -> dict:
     """``keras-rnnlm evaluate MODEL --test-file F --dynamic``: static vs dynamic evaluation.
 
@@ -298,10 +392,15 @@ def dynamic_evaluate_text_file(
         block_tokens: tokens per resampled block.
         mode: ``"stream"`` (or None: the model must have been trained on a stream).
         quiet: no progress on stderr.
+        document_boundary: documents in both files (``text_file_documents``), the state
+            zeroed at each one's start in the static and dynamic passes and in the gradient
+            statistics; the weights carry over. None: the run's own ``--document-boundary``
+            (as static evaluation, ``keras_rnnlm.runs.resolve_document_boundary``);
+            ``"none"``: no resets; ``"blank"`` or a token: that boundary.
 
     Returns:
-        ``static_and_dynamic``'s dict plus ``"mode"``, ``"dynamic"`` (the settings and the
-        gradient statistics' size), ``"file"`` and ``"model"``.
+        ``static_and_dynamic``'s dict plus ``"mode"``, ``"document_boundary"``, ``"dynamic"``
+        (the settings and the gradient statistics' size), ``"file"`` and ``"model"``.
 
     Example:
 
@@ -309,7 +408,7 @@ def dynamic_evaluate_text_file(
     ...                            "ptb.train.txt", lr=1e-4, decay=0.02)["dynamic_perplexity"]
     """
     from keras_rnnlm.progress import Progress
-    from keras_rnnlm.runs import load_any_model
+    from keras_rnnlm.runs import load_any_model, resolve_document_boundary
 
     model, vocabulary, info = load_any_model(path)
     if (mode or info["mode"]) != "stream":
@@ -317,18 +416,19 @@ def dynamic_evaluate_text_file(
             f"--dynamic reads the text as one stream, but {path} was trained on sentences; "
             "pass --mode stream to evaluate it as a stream anyway."
         )
-    stream = text_file_stream(vocabulary, text_file)
+    boundary = resolve_document_boundary(document_boundary, info, "stream")
+    stream, reset = text_file_documents(vocabulary, text_file, boundary)
     start = time.perf_counter()
-    rms, statistics = gradient_rms(
-        model, text_file_stream(vocabulary, train_file), segment_length, rows, stat_tokens
-    )
+    train_stream, train_reset = text_file_documents(vocabulary, train_file, boundary, stat_tokens)
+    rms, statistics = gradient_rms(model, train_stream, segment_length, rows, reset=train_reset)
     statistics.update(file=str(train_file), seconds=round(time.perf_counter() - start, 2))
     segments = -(-(len(stream) - 1) // segment_length)
     with Progress(segments, "dynamic evaluation", "segments", quiet=quiet) as progress:
         result = static_and_dynamic(
-            model, stream, rms, lr, decay, segment_length, B, seed, block_tokens, progress
+            model, stream, rms, lr, decay, segment_length, B, seed, block_tokens, progress, reset
         )
     result["mode"] = "stream"
+    result["document_boundary"] = boundary
     result["dynamic"] = {
         "lr": lr,
         "decay": decay,

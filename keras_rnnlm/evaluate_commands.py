@@ -70,6 +70,15 @@ def add_evaluate_parser(subparsers, common) -> None:
         choices=constants.MODES,
         help="override how the text is read (default: how the model was trained)",
     )
+    p.add_argument(
+        "--document-boundary",
+        metavar="blank|TOKEN|none",
+        help="stream mode: documents are separated by blank lines ('blank') or by lines holding "
+        "only TOKEN, and the state is reset at every document start (static and --dynamic; "
+        "dynamic evaluation's weights carry over); 'none': the state carried through the whole "
+        "text (default: the run's own --document-boundary, none for an export)",
+        default=argparse.SUPPRESS,  # absent: the run's own (no misleading "default: None")
+    )
     dynamic = p.add_argument_group(
         "dynamic evaluation (Krause et al. 2018; keras_rnnlm.dynamic_evaluation)"
     )
@@ -112,7 +121,12 @@ def _evaluate(args):
     # windows (stream) or sentences (stderr, on a terminal only, never with --quiet)
     with Progress(None, "evaluate", "steps", quiet=args.quiet) as progress:
         result = evaluate_text_file(
-            args.model, args.test_file, mode=args.mode, progress=progress, **options
+            args.model,
+            args.test_file,
+            mode=args.mode,
+            progress=progress,
+            document_boundary=getattr(args, "document_boundary", None),
+            **options,
         )
     print(json.dumps(result, indent=2))
     return 0
@@ -139,6 +153,7 @@ def _evaluate_dynamic(args):
         block_tokens=args.block * args.window,
         mode=args.mode,
         quiet=args.quiet,
+        document_boundary=getattr(args, "document_boundary", None),
     )
     print(json.dumps(result, indent=2))
     return 0

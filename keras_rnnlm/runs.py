@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_rnnlm.data.corpora import text_files_corpus
-from keras_rnnlm.data.pipelines import document_stream, encode_documents, token_stream
+from keras_rnnlm.data.pipelines import encode_stream
 from keras_rnnlm.data.vocabulary import Vocabulary
 from keras_rnnlm.evaluation import evaluate_stream_perplexity, perplexity_summary
 from keras_rnnlm.intervals import (
@@ -156,6 +156,49 @@ def load_any_model(path) -> tuple[RNNLanguageModel, Vocabulary, dict]:
     )
 
 
+#: ``document_boundary="none"`` (``--document-boundary none``): no resets, whatever the run's own
+NO_DOCUMENT_BOUNDARY = "none"
+
+
+def resolve_document_boundary(
+    requested: str | None, info: dict, mode: str | None = None
+) -> str | None:
+    """The document boundary a text is evaluated with: the request, else the run's own.
+
+    Args:
+        requested: None (the run's own ``document_boundary``, from its ``config.json``; exports
+            have none), ``"none"`` (no resets: the state carried through the whole text),
+            ``"blank"`` or a token (as training's ``--document-boundary``).
+        info: ``load_any_model``'s info.
+        mode: the mode the text is read in (default ``info["mode"]``); a boundary needs
+            ``"stream"`` (sentence mode already reads every sentence from zero states).
+
+    Returns:
+        ``"blank"``, a token, or None (no resets).
+
+    Example:
+
+    >>> resolve_document_boundary(None, {"mode": "stream", "document_boundary": "blank"})
+    'blank'
+    >>> resolve_document_boundary("none", {"mode": "stream", "document_boundary": "blank"})
+    """
+    mode = mode or info["mode"]
+    if requested is None:
+        return info.get("document_boundary") if mode == "stream" else None
+    if not isinstance(requested, str) or not requested.strip():
+        raise ValueError(
+            f"document_boundary must be 'blank', a token or 'none', got {requested!r}."
+        )
+    if requested == NO_DOCUMENT_BOUNDARY:
+        return None
+    if mode != "stream":
+        raise ValueError(
+            f"document_boundary={requested!r} needs stream mode (sentence mode already reads "
+            "every sentence from zero states); pass --mode stream."
+        )
+    return requested
+
+
 def score_text_units(
     model,
     vocabulary: Vocabulary,
@@ -195,10 +238,7 @@ def score_text_units(
     if not sentences:
         raise ValueError(f"{text_file} holds no text.")
     if mode == "stream":
-        stream, reset = token_stream(sentences), None
-        if document_boundary:
-            documents = encode_documents(vocabulary, lines, document_boundary)
-            stream, reset = document_stream(documents)
+        stream, reset = encode_stream(vocabulary, lines, document_boundary)
         if progress is not None:
             progress.total = -(-(len(stream) - 1) // window)
         result = evaluate_stream_perplexity(
@@ -239,6 +279,7 @@ def evaluate_text_file(
     seed: int = DEFAULT_SEED,
     block: int = 2,
     progress=None,
+    document_boundary: str | None = None,
 ) -> dict:
     """Perplexity, with a 95% bootstrap interval, of a run's or an export's model on a file.
 
@@ -258,19 +299,25 @@ def evaluate_text_file(
         seed: seed of the resampling.
         block: windows per resampled block (stream mode).
         progress: optional ``keras_rnnlm.progress.Progress`` (windows or sentences).
+        document_boundary: stream mode: the state is zeroed at every document start;
+            None: the run's own ``--document-boundary`` (``resolve_document_boundary``),
+            ``"none"``: carried through the whole text, ``"blank"`` or a token: that one.
 
     Returns:
         ``{"perplexity", "perplexity_ci95", "tokens", "bootstrap": {"B", "unit", "seed"...},
-        "nll_per_token", "bits_per_token", "mode", "file", "model"}``.
+        "nll_per_token", "bits_per_token", "mode", "document_boundary" (stream mode), "file",
+        "model"}``.
 
     Example:
 
     >>> evaluate_text_file("saved_models/ptb_word_lstm_small", "ptb.test.txt")["perplexity_ci95"]
     """
     model, vocabulary, info = load_any_model(directory)
+    mode = mode or info["mode"]
+    boundary = resolve_document_boundary(document_boundary, info, mode)
     result = score_text_units(
-        model, vocabulary, text_file, mode or info["mode"], batch_size, window,
-        document_boundary=info.get("document_boundary"), progress=progress,
+        model, vocabulary, text_file, mode, batch_size, window,
+        document_boundary=boundary, progress=progress,
     )  # fmt: skip
     nll, tokens, unit = _bootstrap_units(result, block)
     del result["units"]
@@ -278,6 +325,7 @@ def evaluate_text_file(
     result["bootstrap"] = {"B": B, **unit, "seed": seed, "units": len(nll)}
     if result["mode"] == "stream":
         result["window"] = window
+        result["document_boundary"] = boundary
     result.update(file=str(text_file), model=str(directory))
     if info["kind"] == "run":
         out = Path(directory) / f"evaluate_{Path(text_file).stem}.json"

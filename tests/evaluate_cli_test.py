@@ -280,3 +280,71 @@ def test_evaluate_progress_on_a_terminal_only_and_stdout_stays_json(stream_run, 
         capsys, "evaluate", str(root / "run"), "--test-file", str(root / "test.txt")
     )
     assert err == ""  # not a terminal (capsys): nothing drawn
+
+
+def test_evaluate_document_boundary_reaches_static_and_dynamic_evaluation(
+    stream_run, capsys, tmp_path
+):
+    """``--document-boundary`` overrides the run's own boundary (``config.json``) in static
+    and ``--dynamic`` evaluation; truths: ``evaluate_stream_perplexity`` with and without the
+    resets of ``encode_stream`` on the same file."""
+    from keras_rnnlm.data.pipelines import encode_stream
+    from keras_rnnlm.evaluation import evaluate_stream_perplexity
+    from keras_rnnlm.runs import load_any_model
+
+    root, _ = stream_run
+    train_lines = (root / "train.txt").read_text().splitlines()
+    lines = []
+    for k in range(6):  # six documents of 3 sentences, separated by blank lines
+        lines += train_lines[3 * k : 3 * k + 3] + [""]
+    text = tmp_path / "documents.txt"
+    text.write_text("\n".join(lines) + "\n")
+    model, vocabulary, _ = load_any_model(root / "run")
+    stream, reset = encode_stream(vocabulary, lines, "blank")
+    assert int(reset.sum()) == 6
+
+    def truth(window, resets):
+        return evaluate_stream_perplexity(model, stream, window=window, reset=resets)["perplexity"]
+
+    def evaluate(run, *options):
+        code, out, err = _run_cli(capsys, "evaluate", str(run), "--test-file", str(text), *options)
+        assert code == 0, err
+        return json.loads(out)
+
+    carried, with_resets = truth(256, None), truth(256, reset)
+    assert with_resets != pytest.approx(carried, rel=1e-4)
+    # the run was trained without documents: carried by default, reset when asked
+    default = evaluate(root / "run", "--quiet")
+    assert default["document_boundary"] is None
+    assert default["perplexity"] == pytest.approx(carried, rel=1e-6)
+    asked = evaluate(root / "run", "--quiet", "--document-boundary", "blank")
+    assert asked["document_boundary"] == "blank"
+    assert asked["perplexity"] == pytest.approx(with_resets, rel=1e-6)
+    # a run trained with --document-boundary blank (its config says so): reset by default,
+    # carried with "none"
+    documents_run = tmp_path / "documents_run"
+    shutil.copytree(root / "run", documents_run)
+    config = json.loads((documents_run / "config.json").read_text())
+    (documents_run / "config.json").write_text(json.dumps({**config, "document_boundary": "blank"}))
+    own = evaluate(documents_run, "--quiet")
+    assert own["document_boundary"] == "blank"
+    assert own["perplexity"] == pytest.approx(with_resets, rel=1e-6)
+    none = evaluate(documents_run, "--quiet", "--document-boundary", "none")
+    assert none["document_boundary"] is None
+    assert none["perplexity"] == pytest.approx(carried, rel=1e-6)
+    # --dynamic: the same resets in the static and the dynamic pass (lr 0: equal figures)
+    dynamic = ["--dynamic", "--dynamic-train-file", str(root / "train.txt")]
+    dynamic += ["--segment-length", "8", "--dynamic-lr", "0", "--dynamic-decay", "0", "--quiet"]
+    frozen = evaluate(documents_run, *dynamic)
+    assert frozen["document_boundary"] == "blank"
+    assert frozen["perplexity"] == pytest.approx(truth(8, reset), rel=1e-6)
+    assert frozen["dynamic_perplexity"] == pytest.approx(truth(8, reset), rel=1e-5)
+    frozen_none = evaluate(documents_run, *dynamic, "--document-boundary", "none")
+    assert frozen_none["document_boundary"] is None
+    assert frozen_none["dynamic_perplexity"] == pytest.approx(truth(8, None), rel=1e-5)
+    # a boundary needs a stream
+    code, out, err = _run_cli(
+        capsys, "evaluate", str(root / "run"), "--test-file", str(text), "--quiet",
+        "--mode", "sentence", "--document-boundary", "blank",
+    )  # fmt: skip
+    assert code == 2 and out == "" and "needs stream mode" in err

@@ -266,6 +266,36 @@ def document_stream(documents: Sequence[Sequence[Sequence[int]]]) -> tuple[np.nd
     return stream, reset
 
 
+def encode_stream(
+    vocabulary, lines: Sequence[str], document_boundary: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Text lines as one token stream, split into documents when a boundary is given.
+
+    The one reader of a text as a stream for evaluation (``keras_rnnlm.runs.score_text_units``,
+    ``keras_rnnlm.dynamic_evaluation``): the same semantics as training's
+    ``--document-boundary`` (``split_documents``, ``encode_documents``, ``document_stream``).
+
+    Args:
+        vocabulary: a ``Vocabulary``.
+        lines: text lines, one sentence per line.
+        document_boundary: None: no documents (``token_stream`` of the non-empty lines, no
+            resets); ``"blank"``: blank lines separate documents; any other string: lines
+            holding exactly that token separate documents (and are not part of the text).
+
+    Returns:
+        ``(stream, reset)``: int32 ids, and the per-token resets of ``document_stream``
+        (1 at the ``<eos>`` before each document's first token) or None without a boundary.
+
+    Example:
+
+    >>> stream, reset = encode_stream(vocab, ["the cat", "", "a dog"], "blank")
+    >>> reset  # array([1, 0, 1, 0, 0, 0], dtype=int32): the <eos> before "a" is a reset
+    """
+    if document_boundary is None:
+        return token_stream(encode_corpus(vocabulary, lines)), None
+    return document_stream(encode_documents(vocabulary, lines, document_boundary))
+
+
 def stream_batches(
     stream: np.ndarray, batch_size: int, num_steps: int
 ) -> tuple[np.ndarray, np.ndarray]:
