@@ -283,6 +283,7 @@ class TorchRunner:
         autocast: forward and loss under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
         units: LSTM units (and embedding size).
         layers: LSTM layers.
+        warm_up: train one (untimed) epoch now.
     """
 
     def __init__(
@@ -293,6 +294,7 @@ class TorchRunner:
         autocast: bool = False,
         units: int = UNITS,
         layers: int = LAYERS,
+        warm_up: bool = True,
     ):
         import torch
         from torch import nn
@@ -342,12 +344,16 @@ class TorchRunner:
         self.checksum = batches_checksum((a.numpy(), b.numpy()) for a, b in self.batches)
         self.tokens = sum(int(np.count_nonzero(y)) for _, y in batches)
         self.steps = len(batches)
-        self.output_matmul_dtype = None
-        self.run()  # warm-up
         self.output_matmul_dtype = "bfloat16" if autocast else "float32"
+        if warm_up:
+            self.run()
 
-    def run(self) -> dict:
-        """Train one epoch; returns ``tokens_per_s``, ``seconds`` and ``mean_loss``."""
+    def run(self, losses: list | None = None) -> dict:
+        """Train one epoch; returns ``tokens_per_s``, ``seconds`` and ``mean_loss``.
+
+        Args:
+            losses: if given, each step's loss is appended to it (a sync per step).
+        """
         torch = self.torch
         start = time.perf_counter()
         state = None
@@ -362,6 +368,8 @@ class TorchRunner:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
             self.optimizer.step()
             total += loss.detach().float()
+            if losses is not None:
+                losses.append(float(loss.detach().float()))
         seconds = time.perf_counter() - start
         return dict(
             tokens_per_s=self.tokens / seconds,
