@@ -200,3 +200,17 @@ def test_bad_input_is_refused(peers, tmp_path):
     finally:
         worker.close()
     assert worker.process.returncode == 0
+
+
+def test_bf16_numerics_windows_from_a_running_mean():
+    spec = importlib.util.spec_from_file_location("bf16_numerics", BENCHMARKS / "bf16_numerics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    values = np.random.default_rng(0).normal(5.0, 1.0, size=30)
+    running = list(np.cumsum(values) / np.arange(1, 31))  # what Keras logs after each batch
+    expected = [values[i : i + 10].mean() for i in (0, 10, 20)]
+    np.testing.assert_allclose(module.window_means_from_running_mean(running, 10), expected)
+    np.testing.assert_allclose(module.window_means(list(values), 10), expected)
+    assert module.window_means(list(values), 7) == pytest.approx(
+        [values[i : i + 7].mean() for i in (0, 7, 14, 21)]
+    )
