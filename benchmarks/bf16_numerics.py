@@ -14,7 +14,8 @@ training stream, the same seed and the same batches for all four models:
 Reported: each model's training loss averaged over windows of ``--window`` steps (ours: from
 Keras's running mean, ``(b * mean_b - a * mean_a) / (b - a)`` for steps ``(a, b]``), the largest
 window gap bf16 - fp32 per framework, and the validation loss/perplexity after training
-(float32 evaluation, state carried, batch 20). Not a timing: it may run beside other jobs.
+(float32 evaluation, state carried, batch 20). Not a timing: it may run beside other jobs
+(PyTorch on ``--torch-threads`` 1 by default for that reason).
 
     python benchmarks/bf16_numerics.py [--steps 1000] [--window 100] [--json out.json]
 """
@@ -121,10 +122,10 @@ def train_ours(vocabulary_size, batches, valid, output_dtype, window):
     )
 
 
-def train_torch(vocabulary_size, batches, valid, autocast, window):
+def train_torch(vocabulary_size, batches, valid, autocast, window, threads=1):
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     runner = peer_runners.TorchRunner(
         "ptb", vocabulary_size, batches, autocast=autocast, warm_up=False
     )
@@ -159,6 +160,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--data-dir", type=Path, default=PTB_DIR)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="PyTorch threads (1: OpenMP's spinning threads crawl on a shared machine)",
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.steps < args.window or args.window < 1:
@@ -183,11 +190,15 @@ def main(argv=None) -> dict:
         plans += [
             (
                 "torch fp32",
-                lambda: train_torch(vocabulary_size, batches, valid, False, args.window),
+                lambda: train_torch(
+                    vocabulary_size, batches, valid, False, args.window, args.torch_threads
+                ),
             ),
             (
                 "torch autocast-bf16",
-                lambda: train_torch(vocabulary_size, batches, valid, True, args.window),
+                lambda: train_torch(
+                    vocabulary_size, batches, valid, True, args.window, args.torch_threads
+                ),
             ),
         ]
     for name, plan in plans:
