@@ -641,9 +641,15 @@ def same_round_ratios(speeds: dict[str, list[float]], ours: str, theirs: str) ->
     return [a / b for a, b in zip(speeds[ours], speeds[theirs], strict=True)]
 
 
-def report(speeds: dict[str, list[float]], rounds: int, steps: int, log=print) -> dict:
+def report(
+    speeds: dict[str, list[float]],
+    rounds: int,
+    steps: int,
+    protocol: str = "alternating",
+    log=print,
+) -> dict:
     """Print medians [min, max] and the ``PAIRS``' same-round ratios; returns the ratios."""
-    log(f"\ntokens/s, {rounds} alternating rounds of {steps} steps (median [min, max]):")
+    log(f"\ntokens/s, {rounds} {protocol} rounds of {steps} steps (median [min, max]):")
     for name, values in speeds.items():
         log(
             f"  {name:32s} {statistics.median(values):8,.0f} [{min(values):,.0f}, {max(values):,.0f}]"
@@ -691,7 +697,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         workdir = args.workdir or tempfile.mkdtemp(prefix="peers_")
         print(f"workers' logs and batches: {workdir}")
         results = run_peers(workdir, rounds=args.rounds, steps=args.steps, pause=args.pause)
-    results["ratios"] = report(results["speeds"], args.rounds, args.steps)
+    protocol = "one-process" if args.in_process else "two-process alternating"
+    results["ratios"] = report(results["speeds"], args.rounds, args.steps, protocol)
     print(f"\nwall time {time.time() - start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
