@@ -25,12 +25,15 @@ are per-round tokens/s, the same-round ratios ours/keras and their median.
     python benchmarks/train_throughput.py [--rounds 7] [--steps 100] [--workloads ptb readme]
 
 ``--peers`` (issue 17) compares with PyTorch 2.13 ``nn.LSTM`` like with like (same model,
-optimizer and batches; runners in ``peer_runners.py``): on PTB-small stream shapes, ours fed NumPy
-arrays and a plain ``tf.data`` pipeline against PyTorch fp32, and ours with bf16 output matmuls
-against PyTorch under ``torch.autocast("cpu", dtype=torch.bfloat16)``; on the README's bucketed
-sentence batches (Adam), ours against PyTorch fp32. Targets: >= 1.2x, same-round medians.
+optimizer and batches), each framework in its own worker process, rounds alternating which goes
+first (``peer_runners.py``; it imports neither framework in the coordinator, so this script
+dispatches to it before importing TensorFlow): PTB-small stream shapes, ours fp32 fed NumPy
+arrays and a plain ``tf.data`` pipeline and ours with the library's defaults (bf16 output matmuls
+on a CPU with AVX512-BF16) against PyTorch fp32 and under ``torch.autocast("cpu",
+dtype=torch.bfloat16)``; the README's bucketed sentence batches (Adam), the same four.
+Targets: >= 1.2x, same-round medians. ``--in-process`` is the old mode (one process).
 
-    python benchmarks/train_throughput.py --peers [--rounds 9] [--steps 100]
+    python benchmarks/train_throughput.py --peers [--rounds 9] [--steps 100] [--in-process]
 
 ``--legacy`` runs the earlier comparison (compile-setting variants, PyTorch, peak FLOP/s).
 """
@@ -45,6 +48,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's keras_rnnlm
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+if __name__ == "__main__" and "--peers" in sys.argv[1:]:  # a coordinator without TF or torch
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from peer_runners import main as peers_main
+
+    peers_main(sys.argv[1:])
+    sys.exit(0)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -117,7 +127,13 @@ def torch_runner(steps=40):
     from peer_runners import TorchRunner
 
     x, y = random_stream(steps)
-    return TorchRunner("ptb", VOCAB, list(zip(x, y, strict=True)))
+    runner = TorchRunner("ptb", VOCAB, list(zip(x, y, strict=True)))
+
+    class Legacy:  # run() -> tokens/s, as the other legacy runners
+        def run(self):
+            return runner.run()["tokens_per_s"]
+
+    return Legacy()
 
 
 def pipeline_tokens_per_second(steps=200):
@@ -292,61 +308,6 @@ class Runner:
         return self.tokens / (time.perf_counter() - start)
 
 
-PEER_PAIRS = (  # (ours, theirs): like with like
-    ("ptb ours numpy fp32", "ptb torch fp32"),
-    ("ptb ours tf.data fp32", "ptb torch fp32"),
-    ("ptb ours numpy bf16-out", "ptb torch autocast-bf16"),
-    ("ptb ours numpy fp32", "ptb torch autocast-bf16"),
-    ("sentences ours tf.data fp32", "sentences torch fp32"),
-)
-
-
-def peers_main(args):
-    import torch
-    from peer_runners import OursRunner, TorchRunner
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    x, y = random_stream(args.steps)
-    stream = list(zip(x, y, strict=True))
-    vocabulary_size, sentences, _ = _readme_data(args.steps)
-    runners = {
-        "ptb ours numpy fp32": OursRunner("ptb", VOCAB, stream, "numpy", "float32"),
-        "ptb ours tf.data fp32": OursRunner("ptb", VOCAB, stream, "tf.data", "float32"),
-        "ptb ours numpy bf16-out": OursRunner("ptb", VOCAB, stream, "numpy", "bfloat16"),
-        "ptb torch fp32": TorchRunner("ptb", VOCAB, stream),
-        "sentences ours tf.data fp32": OursRunner(
-            "sentences", vocabulary_size, sentences, "tf.data"
-        ),
-        "sentences torch fp32": TorchRunner("sentences", vocabulary_size, sentences),
-    }
-    try:  # oneDNN has no bf16 LSTM primitive on CPUs without AVX512-BF16 / AMX
-        runners["ptb torch autocast-bf16"] = TorchRunner("ptb", VOCAB, stream, autocast=True)
-    except RuntimeError as error:
-        print(f"PyTorch nn.LSTM under bf16 autocast does not run on this CPU: {error}")
-    speeds = {key: [] for key in runners}
-    for r in range(args.rounds):
-        for key, runner in runners.items():
-            speeds[key].append(runner.run())
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in speeds.items()))
-    print(
-        f"\ntokens/s, {args.rounds} alternating rounds of {args.steps} steps (median [min, max]):"
-    )
-    for key, values in speeds.items():
-        print(
-            f"  {key:30s} {statistics.median(values):8,.0f} [{min(values):,.0f}, {max(values):,.0f}]"
-        )
-    print("\nsame-round ratios (target >= 1.2x):")
-    for ours, theirs in PEER_PAIRS:
-        if theirs not in speeds:
-            continue
-        ratios = [a / b for a, b in zip(speeds[ours], speeds[theirs], strict=True)]
-        print(
-            f"  {ours} / {theirs}: median {statistics.median(ratios):.2f}x "
-            f"[{min(ratios):.2f}, {max(ratios):.2f}] ({', '.join(f'{q:.2f}' for q in ratios)})"
-        )
-    return speeds
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -356,12 +317,16 @@ def main(argv=None):
     parser.add_argument("--workloads", nargs="+", default=["ptb", "readme"])
     parser.add_argument("--modes", nargs="+", default=list(MODES))
     parser.add_argument("--legacy", action="store_true", help="the earlier comparison")
-    parser.add_argument("--peers", action="store_true", help="against PyTorch (issue 17)")
+    parser.add_argument(
+        "--peers", action="store_true", help="against PyTorch (issue 17; peer_runners.py)"
+    )
     args, rest = parser.parse_known_args(argv)
     if args.legacy:
         return legacy_main(rest)
-    if args.peers:
-        return peers_main(args)
+    if args.peers:  # imported as a module: the dispatch at the top did not run
+        from peer_runners import main as peers_main
+
+        return peers_main(rest + [f"--rounds={args.rounds}", f"--steps={args.steps}"])
     readme = _readme_data(args.steps) if "readme" in args.workloads else None
     runners = {}
     for workload in args.workloads:
