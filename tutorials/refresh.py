@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def updated_record(text: str, row: str) -> str:
     rows[name] = row.strip()
     section = [
         START,
-        RECORD_INTRO,
+        textwrap.fill(RECORD_INTRO, width=100),
         "",
         *TABLE_HEADER,
         *(rows[key] for key in sorted(rows)),
