@@ -3,8 +3,10 @@
 The stored outputs of the notebooks are those of the full run (``KERAS_RNNLM_TUTORIAL=full``);
 CI re-executes them in quick mode. This script runs each notebook from top to bottom in a fresh
 kernel, with this checkout's ``keras_rnnlm`` first on ``PYTHONPATH``, writes it back with its
-new outputs, scans the outputs for tracebacks and warnings, and records the date, the commit
-and every notebook's run time in ``tutorials/README.md`` (between the ``refresh`` markers).
+new outputs, scans the outputs for tracebacks and warnings, and records each notebook's row
+(date, commit, mode, run time, load average at the start) in ``tutorials/README.md`` (a table
+between the ``refresh`` markers): a row is added or replaced, the other notebooks' rows are kept,
+so notebooks can be refreshed one at a time. ``--dry-run`` records nothing.
 
 Usage (from the repository root or from ``tutorials/``)::
 
