@@ -100,7 +100,9 @@ TABLE_HEADER = (
 RECORD_INTRO = (
     "Each row is the last refresh of one notebook: `python tutorials/refresh.py --only NN` "
     "(`KERAS_RNNLM_TUTORIAL=full` unless the mode column says otherwise), run from the "
-    "repository root at the commit shown, in a fresh kernel. The run time is wall-clock time "
+    "repository root in a fresh kernel. The commit is the checkout's HEAD when the run ended: "
+    "the library code it ran; edits to the notebook itself are committed with its refreshed "
+    "outputs in a later commit. The run time is wall-clock time "
     "on the machine of that refresh; the load average at its start says how much else was "
     "running (2 CPU cores: a load above 2 means the notebook shared them, so it ran slower "
     "than on an idle machine)."
