@@ -141,6 +141,40 @@ def test_train_lm_on_budget_trains_to_the_budget_and_learns(mode):
     assert out["steps"] > 0 and out["mode"] == mode
     # uniform over the 12 ids would be 12; the pattern is deterministic after its first word
     assert out["stream_perplexity"] < 6.0 and out["sentence_perplexity"] < 6.0
+    # the training batches' own loss at the end of the run: learnt too (uniform would be 12)
+    assert 1.0 <= out["final_train_perplexity"] < 6.0
+
+
+def test_train_lm_on_budget_final_train_perplexity_is_the_last_batches_loss(monkeypatch):
+    # with a learning rate of 0 the weights never change, so the last tenth of the batches'
+    # own losses must equal the untrained model's loss on those batches, computed here
+    from keras_rnnlm.experiments import bptt
+
+    built = {}
+    original = bptt.RNNLanguageModel.fit
+
+    def fit(self, dataset, **kwargs):
+        built["model"], built["batches"] = self, list(dataset)
+        return original(self, dataset, **kwargs)
+
+    monkeypatch.setattr(bptt.RNNLanguageModel, "fit", fit)
+    sentences = _sentences(40, vocabulary_size=12)
+    out = train_lm_on_budget(
+        sentences,
+        sentences[:5],
+        12,
+        mode="sentences",
+        batch_size=4,
+        token_budget=200,
+        units=8,
+        embedding_dim=6,
+        learning_rate=0.0,
+    )
+    last = built["batches"][-max(1, len(built["batches"]) // 10) :]
+    loss = MaskedLanguageModelLoss()
+    nll = sum(float(loss(y, built["model"](x))) * np.count_nonzero(y) for x, y in last)
+    tokens = sum(np.count_nonzero(y) for _, y in last)
+    assert out["final_train_perplexity"] == pytest.approx(np.exp(nll / tokens), rel=1e-4)
 
 
 def test_committed_pairs_use_the_ptb_vocabulary():

@@ -21,6 +21,7 @@ from keras import ops
 
 from keras_rnnlm.data import EOS_ID
 from keras_rnnlm.data.pipelines import sentence_dataset, stream_dataset, token_stream
+from keras_rnnlm.experiments.batch_loss import BatchLossRecorder
 from keras_rnnlm.losses import MaskedLanguageModelLoss
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.training import (
@@ -128,7 +129,11 @@ def train_lm_on_budget(
 
     Returns:
         A dict: ``mode``, ``num_steps``, ``steps`` (updates), ``tokens`` (predicted
-        tokens trained on), ``stream_perplexity`` and ``sentence_perplexity``.
+        tokens trained on), ``stream_perplexity`` and ``sentence_perplexity`` (validation),
+        and ``final_train_perplexity``: exp of the token-weighted mean of the training
+        batches' own losses over the last tenth of the updates (at least one), as measured
+        during training (the weights changing, the state carried as trained), for comparing
+        the validation numbers with what the run reached on its own data.
 
     Example:
 
@@ -167,8 +172,13 @@ def train_lm_on_budget(
         lambda: iter(batches), output_signature=(spec, spec)
     ).apply(tf.data.experimental.assert_cardinality(len(batches)))
     # stream: one epoch, in order, so row b of batch i + 1 continues row b of batch i
-    callbacks = [ResetStatesCallback()] if stateful else []
+    recorder = BatchLossRecorder()
+    callbacks = [recorder, ResetStatesCallback()] if stateful else [recorder]
     model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+    last = max(1, len(recorder.losses) // 10)
+    losses = np.asarray(recorder.losses[-last:])
+    weights = np.asarray(recorder.tokens[-last:]) if recorder.tokens else np.ones_like(losses)
+    final_train_perplexity = float(np.exp(np.sum(losses * weights) / np.sum(weights)))
     evaluator = model.clone_with(stateful=False) if stateful else model
     stream = evaluate_stream_perplexity(evaluator, token_stream(valid_sentences))
     sentences = evaluate_perplexity(
@@ -182,4 +192,5 @@ def train_lm_on_budget(
         "tokens": tokens,
         "stream_perplexity": stream["perplexity"],
         "sentence_perplexity": sentences["perplexity"],
+        "final_train_perplexity": final_train_perplexity,
     }
