@@ -133,7 +133,7 @@ def _evaluate(args):
 
 
 def _evaluate_dynamic(args):
-    from keras_rnnlm.dynamic_evaluation import dynamic_evaluate_text_file
+    from keras_rnnlm.dynamic_text import dynamic_evaluate_text_file
 
     if not args.dynamic_train_file:
         raise ValueError(

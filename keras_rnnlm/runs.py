@@ -16,6 +16,7 @@ import numpy as np
 from keras_rnnlm.data.corpora import text_files_corpus
 from keras_rnnlm.data.pipelines import encode_stream
 from keras_rnnlm.data.vocabulary import Vocabulary
+from keras_rnnlm.document_boundary import resolve_document_boundary
 from keras_rnnlm.evaluation import evaluate_stream_perplexity, perplexity_summary
 from keras_rnnlm.intervals import (
     DEFAULT_B,
@@ -154,49 +155,6 @@ def load_any_model(path) -> tuple[RNNLanguageModel, Vocabulary, dict]:
         f"{path} is not a keras-rnnlm run: {MODEL_FILE} is missing (nor an export: no "
         "model_card.json)."
     )
-
-
-#: ``document_boundary="none"`` (``--document-boundary none``): no resets, whatever the run's own
-NO_DOCUMENT_BOUNDARY = "none"
-
-
-def resolve_document_boundary(
-    requested: str | None, info: dict, mode: str | None = None
-) -> str | None:
-    """The document boundary a text is evaluated with: the request, else the run's own.
-
-    Args:
-        requested: None (the run's own ``document_boundary``, from its ``config.json``; exports
-            have none), ``"none"`` (no resets: the state carried through the whole text),
-            ``"blank"`` or a token (as training's ``--document-boundary``).
-        info: ``load_any_model``'s info.
-        mode: the mode the text is read in (default ``info["mode"]``); a boundary needs
-            ``"stream"`` (sentence mode already reads every sentence from zero states).
-
-    Returns:
-        ``"blank"``, a token, or None (no resets).
-
-    Example:
-
-    >>> resolve_document_boundary(None, {"mode": "stream", "document_boundary": "blank"})
-    'blank'
-    >>> resolve_document_boundary("none", {"mode": "stream", "document_boundary": "blank"})
-    """
-    mode = mode or info["mode"]
-    if requested is None:
-        return info.get("document_boundary") if mode == "stream" else None
-    if not isinstance(requested, str) or not requested.strip():
-        raise ValueError(
-            f"document_boundary must be 'blank', a token or 'none', got {requested!r}."
-        )
-    if requested == NO_DOCUMENT_BOUNDARY:
-        return None
-    if mode != "stream":
-        raise ValueError(
-            f"document_boundary={requested!r} needs stream mode (sentence mode already reads "
-            "every sentence from zero states); pass --mode stream."
-        )
-    return requested
 
 
 def score_text_units(

@@ -12,8 +12,8 @@ from keras_rnnlm.dynamic_evaluation import (
     dynamic_stream_units,
     gradient_rms,
     static_and_dynamic,
-    text_file_documents,
 )
+from keras_rnnlm.dynamic_text import text_file_documents
 from keras_rnnlm.evaluation import evaluate_stream_perplexity
 from keras_rnnlm.models import RNNLanguageModel
 
