@@ -280,8 +280,10 @@ def global_clip_scale(grads, clip_norm):
     """``min(1, clip_norm / ||grads||)`` over all gradients (``IndexedSlices`` must have no
     duplicate rows: ``sum_duplicate_rows``); NaN when the norm is not finite, as in Keras."""
     values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
-    flat = [tf.reshape(tf.cast(v, tf.float32), [-1]) for v in values]
-    norm = tf.sqrt(tf.add_n([tf.tensordot(v, v, 1) for v in flat]))  # one pass per gradient
+    # l2_loss (sum(v**2) / 2) is one Eigen pass per gradient; tensordot(v, v, 1) ran as a
+    # 1 x n by n x 1 oneDNN GEMM, 4 ms of a ~50 ms PTB-small step for the output kernel alone
+    squares = [2.0 * tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in values]
+    norm = tf.sqrt(tf.add_n(squares))
     return clip_norm * tf.minimum(1.0 / norm, 1.0 / clip_norm) + (norm - norm)
 
 

@@ -39,7 +39,7 @@ def test_backward_rule_equals_autodiff_of_the_reference_step(cell_class):
     new_states, residuals = step_with_residuals(cell, projected, states, cell.recurrent_kernel)
     for ours, reference in zip(new_states, expected, strict=True):
         np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-6)
-    d_z, d_prev = step_backward(cell, residuals, states, cell.recurrent_kernel, d_new)
+    d_z, d_prev = step_backward(cell, residuals, states, tf.transpose(cell.recurrent_kernel), d_new)
     np.testing.assert_allclose(d_z, d_projected, rtol=1e-5, atol=1e-6)
     for ours, reference in zip(d_prev, d_states, strict=True):
         np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)

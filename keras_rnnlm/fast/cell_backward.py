@@ -8,10 +8,15 @@ recurrent_kernel`` and output ``h_t = new_states[0]``, so one step's backward pa
 * ``step_with_residuals(cell, projected_x, states, recurrent_kernel) -> (new_states,
   residuals)``: the step, also returning the activations its backward pass needs (saved per
   time step);
-* ``step_backward(cell, residuals, states, recurrent_kernel, d_new_states) -> (d_z,
+* ``step_backward(cell, residuals, states, kernel_transposed, d_new_states) -> (d_z,
   d_states)``: the gradient with respect to ``z`` (which is also the gradient of
   ``projected_x``) and to the previous states. The time loop sums ``h_{t-1}^T @ d_z`` over all
   steps in one matrix product for the gradient of ``recurrent_kernel``.
+
+``kernel_transposed`` is ``recurrent_kernel`` transposed *before* the XLA computation (a
+parameter of it): with ``d_z @ transpose(recurrent_kernel)`` XLA folds the transpose into the
+dot's contracting dimensions, and that dot ran 3x slower on CPU (0.42 vs 0.13 ms per step at
+batch 32, ``benchmarks/RESULTS.md``).
 
 Per-row state resets need nothing here: the time loop (``fast.time_loop``) zeroes the reset
 rows' states before calling ``step_with_residuals`` (so the saved ``states`` are the zeroed
@@ -29,11 +34,11 @@ def simple_rnn_step_with_residuals(cell, projected_inputs, states, recurrent_ker
     return [h], h
 
 
-def simple_rnn_step_backward(cell, residuals, states, recurrent_kernel, d_new_states):
+def simple_rnn_step_backward(cell, residuals, states, kernel_transposed, d_new_states):
     """Gradients of ``z`` and ``h_{t-1}`` from the gradient of ``h_t``."""
     h = residuals
     d_z = d_new_states[0] * (1.0 - h * h)  # tanh'
-    return d_z, [ops.matmul(d_z, ops.transpose(recurrent_kernel))]
+    return d_z, [ops.matmul(d_z, kernel_transposed)]
 
 
 def lstm_step_with_residuals(cell, projected_inputs, states, recurrent_kernel):
@@ -49,7 +54,7 @@ def lstm_step_with_residuals(cell, projected_inputs, states, recurrent_kernel):
     return [h, c], ops.concatenate([i, f, g, o, tanh_c], axis=-1)
 
 
-def lstm_step_backward(cell, residuals, states, recurrent_kernel, d_new_states):
+def lstm_step_backward(cell, residuals, states, kernel_transposed, d_new_states):
     """Gradients of ``z`` and ``[h_{t-1}, c_{t-1}]`` from those of ``[h_t, c_t]``."""
     c_prev = states[1]
     d_h, d_c = d_new_states
@@ -65,7 +70,7 @@ def lstm_step_backward(cell, residuals, states, recurrent_kernel, d_new_states):
         ],
         axis=-1,
     )
-    d_h_prev = ops.matmul(d_z, ops.transpose(recurrent_kernel))
+    d_h_prev = ops.matmul(d_z, kernel_transposed)
     return d_z, [d_h_prev, d_c * f]
 
 

@@ -209,7 +209,7 @@ def _explicit_xla_functions(layer, rule):
         return tf.transpose(ys.stack(), [1, 0, 2]), last, states, saved
 
     def backward(
-        mask, reset, recurrent_kernel, saved, d_outputs, d_last, d_states, has_mask, has_reset
+        mask, reset, kernel_transposed, saved, d_outputs, d_last, d_states, has_mask, has_reset
     ):
         residuals, inputs = saved[0], saved[2:]
         num_steps = _steps(residuals)
@@ -228,7 +228,7 @@ def _explicit_xla_functions(layer, rule):
                 m = mask[step][:, None]
                 d_new = [tf.where(m, d, tf.zeros_like(d)) for d in d_new]
             states = [s[step] for s in inputs]
-            d_z, d_prev = step_backward(cell, residuals[step], states, recurrent_kernel, d_new)
+            d_z, d_prev = step_backward(cell, residuals[step], states, kernel_transposed, d_new)
             if has_mask:  # a masked step passed its states through unchanged
                 d_prev = [tf.where(m, p, d) for p, d in zip(d_prev, d_states)]
                 d_last = tf.where(m, tf.zeros_like(d_last), d_last)
@@ -287,7 +287,7 @@ def explicit_time_loop(layer, projected, mask, states, reset=None):
             d_z, d_states = backward(
                 mask,
                 reset,
-                recurrent_kernel,
+                tf.transpose(recurrent_kernel),  # outside XLA: see fast.cell_backward
                 saved,
                 d_outputs,
                 d_last,
