@@ -12,6 +12,9 @@ Optimizer hooks (``OptimizerHooks``, a mixin placed before a Keras optimizer cla
 * ``_backend_update_step(grads, variables, learning_rate)``: the update of all variables;
   ``fused_update_step`` may take it over (return True).
 
+``adam_moments(optimizer, variable)``: a Keras Adam's first and second moment variables of
+``variable`` (``_momentums``/``_velocities`` at ``_get_variable_index``), for the fused update.
+
 Model hooks: ``update_loss_tracker`` (``model._loss_tracker``), ``build_compiled_metrics``
 (``model._compile_metrics.build``), ``set_compile_config_value``
 (``model._compile_config.config``), ``compile_from_config`` (a copy of Keras's
@@ -63,6 +66,12 @@ class OptimizerHooks:
 def keras_clip_gradients(optimizer: OptimizerHooks, grads: list) -> list:
     """Keras's own ``clipnorm``/``global_clipnorm``/``clipvalue`` clipping of ``grads``."""
     return super(OptimizerHooks, optimizer)._clip_gradients(grads)
+
+
+def adam_moments(optimizer: keras.optimizers.Adam, variable) -> tuple:
+    """``(m, v)``: the Adam moment variables Keras keeps for ``variable``."""
+    index = optimizer._get_variable_index(variable)
+    return optimizer._momentums[index], optimizer._velocities[index]
 
 
 def update_loss_tracker(model: keras.Model, loss, batch_size) -> None:

@@ -39,6 +39,7 @@ import keras
 import tensorflow as tf
 
 from keras_rnnlm.compat import OptimizerHooks, keras_clip_gradients
+from keras_rnnlm.fast import adam as fast_adam
 from keras_rnnlm.fast import sgd as fast_sgd
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -302,4 +303,11 @@ class SGD(ClipAfterCrossReplicaSum, keras.optimizers.SGD):
 
 @keras.saving.register_keras_serializable(package="keras_rnnlm")
 class Adam(ClipAfterCrossReplicaSum, keras.optimizers.Adam):
-    """``keras.optimizers.Adam`` whose clipping is exact across replicas (see the module)."""
+    """``keras.optimizers.Adam`` whose clipping is exact across replicas (see the module).
+
+    On one device (no ``amsgrad``) the update takes the fast path's fused Adam with the same
+    result (``keras_rnnlm.fast.adam``): one pass per variable instead of nine.
+    """
+
+    def fused_update_step(self, grads, trainable_variables, learning_rate):
+        return fast_adam.fused_adam_update(self, grads, trainable_variables, learning_rate)

@@ -171,6 +171,8 @@ def test_make_optimizer_clips_like_stock_keras_global_clipnorm(kind, stock):
     learning_rate = 0.5 if kind == "sgd" else 0.1
     ours = _trajectory(make_optimizer(kind, learning_rate, clip_norm=1.0))
     theirs = _trajectory(stock())
-    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    # ours applies Adam with TensorFlow's fused kernel (keras_rnnlm.fast.adam), nearer float64
+    # Adam than Keras's float32 update (tests/fast_test.py): rounding differs by ~2e-6
+    np.testing.assert_allclose(ours, theirs, atol=1e-6 if kind == "sgd" else 5e-6)
     unclipped = _trajectory(make_optimizer(kind, learning_rate, clip_norm=None))
     assert np.max(np.abs(unclipped - theirs)) > 1e-2  # the clipping mattered

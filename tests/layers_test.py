@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_rnnlm.cells import GRUCell, LSTMCell, SimpleRNNCell
+from keras_rnnlm.fast import time_loop
 from keras_rnnlm.fast.cell_backward import backward_rule
 from keras_rnnlm.layers import Bidirectional, Recurrent, StackedRecurrent, reverse_padded
 
@@ -222,3 +223,39 @@ def test_residual_connection_is_the_one_rule_of_the_stack():
     first = stack.rnn_layers[0](inputs)[0]
     second = stack.rnn_layers[1](first)[0]
     np.testing.assert_allclose(out, np.asarray(first) + np.asarray(second), atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", [LSTMCell, GRUCell])
+@pytest.mark.parametrize("parts", [2, 3])
+def test_time_loop_in_row_parts_equals_the_graph_loop(cell, parts, monkeypatch):
+    # the batch's rows split into parts run as separate compiled loops (one per core): 3 rows
+    # in 2 parts (uneven) or 3; masked, initial states, every gradient, against the plain loop
+    monkeypatch.setattr(time_loop, "MIN_ROWS_PER_PART", 1)
+    monkeypatch.setattr(time_loop, "_cpu_cores", lambda: parts)
+    assert time_loop.row_parts(3) == parts and time_loop.row_parts(None) == parts
+    args = (True, False, True, "float32")
+    _, _, loss, grads = _loss_and_gradients(cell, False, *args)
+    _, _, split_loss, split_grads = _loss_and_gradients(cell, True, *args)
+    np.testing.assert_allclose(split_loss, loss, rtol=1e-5)
+    for ours, reference in zip(split_grads, grads, strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_time_loop_in_row_parts_with_a_batch_known_only_at_run_time(monkeypatch):
+    monkeypatch.setattr(time_loop, "_cpu_cores", lambda: 2)
+    outputs = {}
+    for fast_loop in (False, True):
+        keras.utils.set_random_seed(1)
+        layer = Recurrent(LSTMCell(4), return_sequences=True)
+        layer.build(X.shape)
+        layer.jit_time_loop = fast_loop
+        run = tf.function(
+            lambda x, mask, layer=layer: layer(x, mask=mask),
+            input_signature=[
+                tf.TensorSpec((None, 6, 5), tf.float32),
+                tf.TensorSpec((None, 6), tf.bool),
+            ],
+        )
+        outputs[fast_loop] = np.asarray(run(X, MASK))
+    np.testing.assert_allclose(outputs[True], outputs[False], atol=1e-6)
+    assert time_loop.row_parts(20) == 2 and time_loop.row_parts(12) == 1  # 8 rows at least

@@ -11,6 +11,11 @@ computation even when the surrounding train step is a TensorFlow graph:
 * ``compiled_time_loop`` (any other cell): the reference loop XLA-compiled, and its gradient
   recomputes the forward inside the compiled backward computation.
 
+Rows in parallel: a batch's rows are independent through time, so on a CPU ``fast_time_loop``
+splits them into one part per core (``row_parts``) and runs one compiled loop per part; the
+TensorFlow executor runs the parts' XLA computations concurrently, each on its own core (the
+per-step matrix products are too small to keep two cores busy inside one computation).
+
 ``tests/layers_test.py`` checks both against the reference loop (float32, gradients to 1e-4
 relative / 1e-5 absolute; losses to 1e-5) and the hand-written backward against finite
 differences (float64). One XLA compilation per input shape; the compiled functions are
@@ -21,10 +26,18 @@ before a step in both loops; the explicit backward then stops the state gradient
 (the zeroed states do not depend on the earlier ones).
 """
 
+import functools
+import os
+
 import keras
 import tensorflow as tf
 
 from keras_rnnlm.fast.cell_backward import backward_rule
+
+#: fewest batch rows per part when the time loop is split across cores (``row_parts``)
+MIN_ROWS_PER_PART = 8
+#: most parts (a part per core up to this)
+MAX_PARTS = 4
 
 
 def _steps(time_major):
@@ -33,8 +46,44 @@ def _steps(time_major):
     return static if static is not None else tf.shape(time_major)[0]
 
 
+@functools.cache
+def _cpu_cores() -> int:
+    if tf.config.list_physical_devices("GPU"):
+        return 1  # one device runs the loop; no parts
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def row_parts(batch_size) -> int:
+    """How many parts of the batch's rows the fast time loop runs concurrently.
+
+    Args:
+        batch_size: the static batch size, or None when it is only known at run time.
+
+    Returns:
+        One per CPU core (at most ``MAX_PARTS``), fewer when a part would get less than
+        ``MIN_ROWS_PER_PART`` rows of a static batch; 1 on a GPU.
+
+    Example:
+
+    >>> row_parts(20)  # 2 on a 2-core CPU
+    2
+    """
+    parts = min(_cpu_cores(), MAX_PARTS)
+    if batch_size is not None:
+        parts = min(parts, batch_size // MIN_ROWS_PER_PART)
+    return max(parts, 1)
+
+
+def _split_rows(value, sizes, parts):
+    return [None] * parts if value is None else tf.split(value, sizes, num=parts)
+
+
 def fast_time_loop(layer, projected, mask, states, reset=None):
-    """``layer._time_loop`` on the fast path: explicit backward when the cell has a rule.
+    """``layer._time_loop`` on the fast path: explicit backward when the cell has a rule,
+    the batch's rows split into ``row_parts`` parts run concurrently.
 
     Args:
         layer: a built ``keras_rnnlm.layers.Recurrent``.
@@ -51,9 +100,26 @@ def fast_time_loop(layer, projected, mask, states, reset=None):
 
     >>> outputs, last, states = fast_time_loop(layer, projected, None, initial_states)
     """
-    if backward_rule(layer.cell) is not None:
-        return explicit_time_loop(layer, projected, mask, states, reset)
-    return compiled_time_loop(layer, projected, mask, states, reset)
+    loop = explicit_time_loop if backward_rule(layer.cell) is not None else compiled_time_loop
+    parts = row_parts(projected.shape[0])
+    if parts == 1:
+        return loop(layer, projected, mask, states, reset)
+    batch = tf.shape(projected)[0]  # part i gets rows [i * batch // parts, (i+1) * batch // parts)
+    bounds = [batch * i // parts for i in range(parts + 1)]
+    sizes = tf.stack([bounds[i + 1] - bounds[i] for i in range(parts)])
+    pieces = [
+        loop(layer, x, m, list(s), r)
+        for x, m, r, *s in zip(
+            _split_rows(projected, sizes, parts),
+            _split_rows(mask, sizes, parts),
+            _split_rows(reset, sizes, parts),
+            *[_split_rows(state, sizes, parts) for state in states],
+        )
+    ]
+    outputs = tf.concat([piece[0] for piece in pieces], axis=0)
+    last = tf.concat([piece[1] for piece in pieces], axis=0)
+    final = [tf.concat([piece[2][i] for piece in pieces], axis=0) for i in range(len(states))]
+    return outputs, last, final
 
 
 def _flag(value, dtype=tf.bool):
