@@ -13,11 +13,13 @@ Keras's own ``train_step`` trains the model.
 
 * ``time_loop``: each recurrent layer's time loop XLA-compiled, forward and backward, with a
   hand-written backward through time (``cell_backward``: LSTM and SimpleRNN) even when the
-  train step itself is a TensorFlow graph;
+  train step itself is a TensorFlow graph; on a CPU the batch's rows run as one compiled loop
+  per core (``row_parts``), concurrently;
 * ``output_layer``: output-layer matmuls with bfloat16 operands (float32 weights, logits and
   softmax), and the output layer fused with the masked cross-entropy;
 * ``xent``: the cross-entropy as a small XLA function (TensorFlow's CPU kernel is slow);
 * ``sgd``: plain SGD's clip factor folded into the learning rate, sparse embedding rows;
+* ``adam``: Adam as TensorFlow's one-pass ``ApplyAdam`` kernel per variable;
 * ``train_step``: the one place that decides (at ``compile``) and runs (``train_step``) it.
 
 **How one is chosen.** ``RNNLanguageModel(implementation=...)`` is saved in the model's
