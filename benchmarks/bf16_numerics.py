@@ -22,7 +22,8 @@ window gap bf16 - fp32 per framework, and the validation loss/perplexity after t
 Initialisation (``--torch-init``, ``--ours-init``; RESULTS.md "Why PyTorch trained faster"):
 ``uniform`` is PyTorch's usual recipe here (every parameter, biases included, uniform in
 [-0.1, 0.1]; the default for PyTorch), ``ours`` the library's (``init_scale=0.1`` weights, LSTM
-biases zero except the forget gate's at 1, output bias zero; the default for ours). Subsets:
+biases zero except the forget gate's at 1, output bias zero; the default for ours); PyTorch
+``copy``: our seed-0 model's initial weights themselves. Subsets:
 ``--no-ours``, ``--no-torch``, ``--no-bf16``. ``--same-weights K`` instead trains both fp32
 models from the same initial weights for K steps and prints the per-step losses and weight
 differences (an implementation check: equal up to rounding until the trajectories diverge).
@@ -103,21 +104,10 @@ def train_ours(vocabulary_size, batches, valid, output_dtype, window, init="ours
             self.values.append(float(logs["loss"]))
 
     from keras_rnnlm import compile_language_model
-    from keras_rnnlm.models import RNNLanguageModel
 
     if init not in peer_runners.TORCH_INITS:
         raise ValueError(f"init must be one of {peer_runners.TORCH_INITS}, got {init!r}.")
-    keras.utils.set_random_seed(0)
-    cell_kwargs = None
-    if init == "uniform":  # PyTorch's recipe: the biases uniform too, no forget bias 1
-        uniform = keras.initializers.RandomUniform(-peer_runners.INIT, peer_runners.INIT)
-        cell_kwargs = dict(bias_initializer=uniform, unit_forget_bias=False)
-    model = RNNLanguageModel(
-        vocabulary_size, num_layers=peer_runners.LAYERS, units=peer_runners.UNITS,
-        embedding_dim=peer_runners.UNITS, init_scale=peer_runners.INIT, stateful=True,
-        output_dtype=output_dtype, cell_kwargs=cell_kwargs,
-    )  # fmt: skip
-    model.build((peer_runners.PTB_BATCH, None))
+    model = _our_model(vocabulary_size, output_dtype, init)
     if init == "uniform":
         bias = model.output_layer.bias
         bias.assign(keras.random.uniform(bias.shape, -peer_runners.INIT, peer_runners.INIT))
@@ -139,13 +129,40 @@ def train_ours(vocabulary_size, batches, valid, output_dtype, window, init="ours
     )
 
 
+def _our_model(vocabulary_size, output_dtype, init="ours"):
+    """``RNNLanguageModel`` in PTB-small shapes, seeded 0 and built (``train_ours``'s).
+
+    ``init="uniform"``: PyTorch's recipe, the LSTM and output biases uniform in [-0.1, 0.1]
+    too (no forget bias 1).
+    """
+    import keras
+
+    from keras_rnnlm.models import RNNLanguageModel
+
+    keras.utils.set_random_seed(0)
+    cell_kwargs = None
+    if init == "uniform":  # after the seed: Keras draws an initializer's default seed
+        uniform = keras.initializers.RandomUniform(-peer_runners.INIT, peer_runners.INIT)
+        cell_kwargs = dict(bias_initializer=uniform, unit_forget_bias=False)
+    model = RNNLanguageModel(
+        vocabulary_size, num_layers=peer_runners.LAYERS, units=peer_runners.UNITS,
+        embedding_dim=peer_runners.UNITS, init_scale=peer_runners.INIT, stateful=True,
+        output_dtype=output_dtype, cell_kwargs=cell_kwargs,
+    )  # fmt: skip
+    model.build((peer_runners.PTB_BATCH, None))
+    return model
+
+
 def train_torch(vocabulary_size, batches, valid, autocast, window, threads=1, init="uniform"):
     import torch
 
     torch.set_num_threads(threads)
     runner = peer_runners.TorchRunner(
-        "ptb", vocabulary_size, batches, autocast=autocast, warm_up=False, init=init
-    )
+        "ptb", vocabulary_size, batches, autocast=autocast, warm_up=False,
+        init="ours" if init == "copy" else init,
+    )  # fmt: skip
+    if init == "copy":  # the very weights ours starts from (seed 0, the library's init)
+        copy_ours_to_torch(_our_model(vocabulary_size, "float32"), runner.model)
     losses = []
     runner.run(losses)
     model = runner.model.eval()
@@ -302,10 +319,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-bf16", action="store_true", help="skip the two bf16 models")
     parser.add_argument(
         "--torch-init",
-        choices=peer_runners.TORCH_INITS,
+        choices=(*peer_runners.TORCH_INITS, "copy"),
         default="uniform",
-        help="PyTorch's initialisation: 'uniform' (every parameter in [-0.1, 0.1]) or 'ours' "
-        "(biases zero, forget gate's 1, as RNNLanguageModel)",
+        help="PyTorch's initialisation: 'uniform' (every parameter in [-0.1, 0.1]), 'ours' "
+        "(biases zero, forget gate's 1, as RNNLanguageModel) or 'copy' (the very initial "
+        "weights of our seed-0 model)",
     )
     parser.add_argument(
         "--ours-init",
