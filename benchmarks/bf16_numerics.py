@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import peer_runners  # noqa: E402
 
 PTB_DIR = Path("/work/shared/data/ptb")
+OURS_INITS = ("ours", "uniform", "zero-bias")
 
 
 def ptb_stream_batches(data_dir: Path, split: str, limit: int | None = None):
@@ -105,8 +106,8 @@ def train_ours(vocabulary_size, batches, valid, output_dtype, window, init="ours
 
     from keras_rnnlm import compile_language_model
 
-    if init not in peer_runners.TORCH_INITS:
-        raise ValueError(f"init must be one of {peer_runners.TORCH_INITS}, got {init!r}.")
+    if init not in OURS_INITS:
+        raise ValueError(f"init must be one of {OURS_INITS}, got {init!r}.")
     model = _our_model(vocabulary_size, output_dtype, init)
     if init == "uniform":
         bias = model.output_layer.bias
@@ -133,7 +134,7 @@ def _our_model(vocabulary_size, output_dtype, init="ours"):
     """``RNNLanguageModel`` in PTB-small shapes, seeded 0 and built (``train_ours``'s).
 
     ``init="uniform"``: PyTorch's recipe, the LSTM and output biases uniform in [-0.1, 0.1]
-    too (no forget bias 1).
+    too (no forget bias 1); ``"zero-bias"``: ours with every LSTM bias zero (no forget bias 1).
     """
     import keras
 
@@ -144,6 +145,8 @@ def _our_model(vocabulary_size, output_dtype, init="ours"):
     if init == "uniform":  # after the seed: Keras draws an initializer's default seed
         uniform = keras.initializers.RandomUniform(-peer_runners.INIT, peer_runners.INIT)
         cell_kwargs = dict(bias_initializer=uniform, unit_forget_bias=False)
+    elif init == "zero-bias":  # ours without the forget bias 1
+        cell_kwargs = dict(unit_forget_bias=False)
     model = RNNLanguageModel(
         vocabulary_size, num_layers=peer_runners.LAYERS, units=peer_runners.UNITS,
         embedding_dim=peer_runners.UNITS, init_scale=peer_runners.INIT, stateful=True,
@@ -327,10 +330,11 @@ def main(argv=None) -> dict:
     )
     parser.add_argument(
         "--ours-init",
-        choices=peer_runners.TORCH_INITS,
+        choices=OURS_INITS,
         default="ours",
-        help="our initialisation: 'ours' (the library's) or 'uniform' (PyTorch-like: LSTM and "
-        "output biases uniform in [-0.1, 0.1], no forget bias 1)",
+        help="our initialisation: 'ours' (the library's), 'uniform' (PyTorch-like: LSTM and "
+        "output biases uniform in [-0.1, 0.1], no forget bias 1) or 'zero-bias' (ours with the "
+        "forget bias 0 too)",
     )
     parser.add_argument(
         "--torch-threads",
