@@ -93,7 +93,7 @@ def window_means(values: list[float], window: int) -> list[float]:
     return [float(np.mean(values[i * window : (i + 1) * window])) for i in range(n)]
 
 
-def train_ours(vocabulary_size, batches, valid, output_dtype, window, init="ours"):
+def train_ours(vocabulary_size, batches, valid, output_dtype, window, init="ours", seed=0):
     import keras
 
     class RunningLoss(keras.callbacks.Callback):
@@ -108,7 +108,7 @@ def train_ours(vocabulary_size, batches, valid, output_dtype, window, init="ours
 
     if init not in OURS_INITS:
         raise ValueError(f"init must be one of {OURS_INITS}, got {init!r}.")
-    model = _our_model(vocabulary_size, output_dtype, init)
+    model = _our_model(vocabulary_size, output_dtype, init, seed)
     if init == "uniform":
         bias = model.output_layer.bias
         bias.assign(keras.random.uniform(bias.shape, -peer_runners.INIT, peer_runners.INIT))
@@ -130,7 +130,7 @@ def train_ours(vocabulary_size, batches, valid, output_dtype, window, init="ours
     )
 
 
-def _our_model(vocabulary_size, output_dtype, init="ours"):
+def _our_model(vocabulary_size, output_dtype, init="ours", seed=0):
     """``RNNLanguageModel`` in PTB-small shapes, seeded 0 and built (``train_ours``'s).
 
     ``init="uniform"``: PyTorch's recipe, the LSTM and output biases uniform in [-0.1, 0.1]
@@ -140,7 +140,7 @@ def _our_model(vocabulary_size, output_dtype, init="ours"):
 
     from keras_rnnlm.models import RNNLanguageModel
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     cell_kwargs = None
     if init == "uniform":  # after the seed: Keras draws an initializer's default seed
         uniform = keras.initializers.RandomUniform(-peer_runners.INIT, peer_runners.INIT)
@@ -342,6 +342,7 @@ def main(argv=None) -> dict:
         default=1,
         help="PyTorch threads (1: OpenMP's spinning threads crawl on a shared machine)",
     )
+    parser.add_argument("--seed", type=int, default=0, help="our models' seed (PyTorch: 0)")
     parser.add_argument(
         "--same-weights",
         type=int,
@@ -385,7 +386,7 @@ def main(argv=None) -> dict:
             (
                 "ours fp32",
                 lambda: train_ours(
-                    vocabulary_size, batches, valid, "float32", args.window, ours_init
+                    vocabulary_size, batches, valid, "float32", args.window, ours_init, args.seed
                 ),
             )
         )
@@ -394,7 +395,13 @@ def main(argv=None) -> dict:
                 (
                     "ours bf16",
                     lambda: train_ours(
-                        vocabulary_size, batches, valid, ours_bf16, args.window, ours_init
+                        vocabulary_size,
+                        batches,
+                        valid,
+                        ours_bf16,
+                        args.window,
+                        ours_init,
+                        args.seed,
                     ),
                 )
             )
