@@ -472,6 +472,7 @@ def main(argv=None) -> dict:
         "steps": args.steps,
         "window": args.window,
         "ours_init": ours_init,
+        "seed": args.seed,
         "torch_init": torch_init,
         "runs": runs,
         "gaps": gaps,
