@@ -47,6 +47,7 @@ SGD_LR, SGD_CLIP = 20.0, 0.25
 ADAM_LR, ADAM_CLIP = 2e-3, 5.0
 PTB_VOCAB, PTB_BATCH, PTB_STEPS = 10000, 20, 20
 FRAMEWORKS = ("tf", "torch")
+TORCH_INITS = ("uniform", "ours")
 
 #: runner name -> (framework, spec); ``build_runner`` makes one from a spec
 RUNNERS: dict[str, tuple[str, dict]] = {
@@ -284,6 +285,12 @@ class TorchRunner:
         units: LSTM units (and embedding size).
         layers: LSTM layers.
         warm_up: train one (untimed) epoch now.
+        init: ``"uniform"`` (default): every parameter uniform in ``[-INIT, INIT]`` (PyTorch's
+            usual recipe for this model), the frozen second LSTM bias zero. ``"ours"``: as
+            ``RNNLanguageModel(..., init_scale=INIT)`` starts: embedding, LSTM kernels and the
+            output kernel uniform in ``[-INIT, INIT]``; LSTM biases zero except the forget
+            gate's block (``[units, 2 * units)``, the same gate order i, f, g, o) at 1; output
+            bias zero.
     """
 
     def __init__(
@@ -295,12 +302,15 @@ class TorchRunner:
         units: int = UNITS,
         layers: int = LAYERS,
         warm_up: bool = True,
+        init: str = "uniform",
     ):
         import torch
         from torch import nn
 
         if workload not in ("ptb", "sentences"):
             raise ValueError(f"workload must be 'ptb' or 'sentences', got {workload!r}.")
+        if init not in TORCH_INITS:
+            raise ValueError(f"init must be one of {TORCH_INITS}, got {init!r}.")
         torch.manual_seed(0)
 
         class LM(nn.Module):
@@ -315,6 +325,13 @@ class TorchRunner:
                     bias = getattr(self.lstm, f"bias_hh_l{layer}")
                     nn.init.zeros_(bias)
                     bias.requires_grad_(False)
+                    if init == "ours":  # zeros, forget gate (i, f, g, o) at 1 (unit_forget_bias)
+                        bias = getattr(self.lstm, f"bias_ih_l{layer}")
+                        with torch.no_grad():
+                            bias.zero_()
+                            bias[units : 2 * units] = 1.0
+                if init == "ours":
+                    nn.init.zeros_(self.output.bias)
 
             def forward(self, x, state):
                 h, state = self.lstm(self.embedding(x), state)
@@ -389,7 +406,7 @@ def build_runner(framework: str, spec: dict, data: dict, units: int = UNITS, lay
     if framework == "torch":
         return TorchRunner(
             spec["workload"], vocabulary_size, batches, autocast=spec.get("autocast", False),
-            units=units, layers=layers,
+            units=units, layers=layers, init=spec.get("init", "uniform"),
         )  # fmt: skip
     raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}.")
 

@@ -214,3 +214,77 @@ def test_bf16_numerics_windows_from_a_running_mean():
     assert module.window_means(list(values), 7) == pytest.approx(
         [values[i : i + 7].mean() for i in (0, 7, 14, 21)]
     )
+
+
+def _bf16_numerics():
+    spec = importlib.util.spec_from_file_location("bf16_numerics", BENCHMARKS / "bf16_numerics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason=NO_TORCH)
+def test_torch_runner_init_ours_biases(peers, workloads):
+    vocabulary_size, batches = workloads["ptb"]
+    kwargs = dict(units=UNITS, layers=LAYERS, warm_up=False)
+    ours = peers.TorchRunner("ptb", vocabulary_size, batches, init="ours", **kwargs).model
+    uniform = peers.TorchRunner("ptb", vocabulary_size, batches, **kwargs).model  # the default
+    expected = np.zeros(4 * UNITS, np.float32)
+    expected[UNITS : 2 * UNITS] = 1.0  # gates i, f, g, o: the forget gate's block at 1
+    for layer in range(LAYERS):
+        np.testing.assert_array_equal(
+            getattr(ours.lstm, f"bias_ih_l{layer}").detach().numpy(), expected
+        )
+        for model in (ours, uniform):  # the second bias: zero and frozen either way
+            bias_hh = getattr(model.lstm, f"bias_hh_l{layer}")
+            assert not bias_hh.requires_grad
+            np.testing.assert_array_equal(bias_hh.detach().numpy(), 0.0)
+        bias = getattr(uniform.lstm, f"bias_ih_l{layer}").detach().numpy()
+        assert np.abs(bias).max() <= peers.INIT and np.abs(bias).min() > 0.0
+        assert bias.std() > peers.INIT / 4  # uniform in [-0.1, 0.1]: std 0.058
+    np.testing.assert_array_equal(ours.output.bias.detach().numpy(), 0.0)
+    assert np.abs(uniform.output.bias.detach().numpy()).max() > peers.INIT / 2
+    named_ours, named_uniform = dict(ours.named_parameters()), dict(uniform.named_parameters())
+    for name, p in named_ours.items():  # the weight matrices: the same draws either way
+        if "bias" not in name:
+            np.testing.assert_array_equal(p.detach().numpy(), named_uniform[name].detach().numpy())
+            assert np.abs(p.detach().numpy()).max() <= peers.INIT
+    with pytest.raises(ValueError, match="init"):
+        peers.TorchRunner("ptb", vocabulary_size, batches, init="glorot", **kwargs)
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason=NO_TORCH)
+def test_torch_init_ours_matches_our_model_biases(peers, workloads):
+    """The init="ours" biases are those our RNNLanguageModel starts with (independent truth)."""
+    import keras
+
+    from keras_rnnlm.models import RNNLanguageModel
+
+    vocabulary_size, batches = workloads["ptb"]
+    model = RNNLanguageModel(
+        vocabulary_size, num_layers=LAYERS, units=UNITS, embedding_dim=UNITS,
+        init_scale=peers.INIT, stateful=True, output_dtype="float32",
+    )  # fmt: skip
+    model.build((batches[0][0].shape[0], None))
+    theirs = peers.TorchRunner(
+        "ptb", vocabulary_size, batches, units=UNITS, layers=LAYERS, warm_up=False, init="ours"
+    ).model
+    weights = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    for layer in range(LAYERS):
+        np.testing.assert_array_equal(
+            getattr(theirs.lstm, f"bias_ih_l{layer}").detach().numpy(), weights[3 + 3 * layer]
+        )
+    np.testing.assert_array_equal(theirs.output.bias.detach().numpy(), weights[-1])
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason=NO_TORCH)
+def test_same_weights_same_first_steps(peers, workloads):
+    """From copied weights both frameworks give the same losses and (unclipped) weights."""
+    vocabulary_size, batches = workloads["ptb"]
+    steps = _bf16_numerics().same_weights_steps(
+        vocabulary_size, batches, 2, units=UNITS, layers=LAYERS
+    )
+    np.testing.assert_allclose(steps["ours_loss"], steps["torch_loss"], rtol=1e-5)
+    assert steps["ours_loss"][0] == pytest.approx(math.log(vocabulary_size), abs=0.05)
+    assert max(steps["max_weight_diff"]) < 1e-5
+    assert all(n > 0 for n in steps["torch_grad_norm"])
