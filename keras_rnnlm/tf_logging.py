@@ -12,12 +12,21 @@ Example:
 >>> from keras_rnnlm.tf_logging import configure_tensorflow_logging
 >>> configure_tensorflow_logging()  # before anything imports TensorFlow
 >>> import tensorflow as tf  # already imported, quietly
+
+TensorFlow's *Python* logger is a separate matter: in an interactive session (IPython, Jupyter)
+TensorFlow sets it to INFO with a handler on stdout, so every ``tf.saved_model.save`` prints
+``INFO:tensorflow:Assets written to: ...``. ``tensorflow_info_dropped`` keeps such progress
+lines of the library's own TensorFlow calls (the exports) out of the user's output; warnings
+still pass.
 """
 
+import contextlib
+import logging
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 
 #: a line of TensorFlow's C++ (absl) logging: severity letter, MMDD, space
 TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} ")
@@ -66,3 +75,35 @@ def configure_tensorflow_logging(show: bool = False) -> None:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # also hides E-lines such as cuInit's
     import_tensorflow_quietly()
+
+
+class _BelowWarning(logging.Filter):
+    """Rejects records below WARNING (a logger filter: the record is neither handled nor
+    propagated to the parent loggers' handlers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def tensorflow_info_dropped() -> Iterator[None]:
+    """Drop the INFO (and DEBUG) records of TensorFlow's Python logger inside the block.
+
+    For the library's own calls into TensorFlow that log progress at INFO, such as
+    ``tf.saved_model.save`` (``Assets written to: ...``, printed in every Jupyter session,
+    where TensorFlow sets its logger to INFO). WARNING and above still pass; the logger's level
+    is not changed and the filter is removed when the block ends, so records logged after it,
+    or by other loggers, are untouched.
+
+    Example:
+
+    >>> with tensorflow_info_dropped():
+    ...     tf.saved_model.save(module, export_dir)  # no "INFO:tensorflow:Assets written"
+    """
+    logger = logging.getLogger("tensorflow")
+    drop = _BelowWarning()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)

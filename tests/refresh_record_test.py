@@ -120,3 +120,26 @@ def test_the_committed_readme_has_one_well_formed_refresh_section():
     updated = refresh.updated_record(text, _row("99_probe"))
     assert _table_rows(updated)[-1] == _row("99_probe")
     assert updated.split(END)[1] == text.split(END)[1]
+
+
+def test_problems_finds_tracebacks_warnings_and_tensorflow_info_lines():
+    import nbformat
+
+    def cell(*texts):
+        outputs = [nbformat.v4.new_output("stream", name="stderr", text=t) for t in texts]
+        return nbformat.v4.new_code_cell("x", outputs=outputs)
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        cell("mode: full\nperplexity 12.5\n"),
+        cell("ok\nINFO:tensorflow:Assets written to: /tmp/x/assets\n"),
+        cell("/a.py:3: UserWarning: careful\n"),
+        cell("W0000 00:00:1.0 1 op.cc:1] retracing\n"),
+        cell("the word INFO in prose is fine\n"),
+    ]
+    found = refresh.problems(notebook)
+    assert found == [
+        "cell 1: INFO:tensorflow:Assets written to: /tmp/x/assets",
+        "cell 2: /a.py:3: UserWarning: careful",
+        "cell 3: W0000 00:00:1.0 1 op.cc:1] retracing",
+    ]

@@ -177,6 +177,42 @@ def test_train_lm_on_budget_final_train_perplexity_is_the_last_batches_loss(monk
     assert out["final_train_perplexity"] == pytest.approx(np.exp(nll / tokens), rel=1e-4)
 
 
+def test_train_lm_on_budget_stream_zeroes_the_state_at_every_pass(monkeypatch):
+    # a budget of 2.5 passes over the stream: the carried state must start from zero at the
+    # first batch of every pass (as at every epoch start of TBPTT training), and only there.
+    # Carried through all passes instead, a bistable SimpleRNN saw the zero state once and
+    # ended up in the mirror image of its trained regime when evaluation started from zero
+    # (notebook 08, k=70: validation perplexity 2.7e5 with training batches at 220).
+    from keras_rnnlm.data.pipelines import stream_dataset
+    from keras_rnnlm.experiments import bptt
+
+    starts = []
+
+    class Recorder(bptt.BatchLossRecorder):
+        def on_train_batch_begin(self, batch, logs=None):
+            states = [v for v in self.model.weights if "state" in v.path]
+            starts.append(max(float(np.abs(np.asarray(v)).max()) for v in states))
+
+    monkeypatch.setattr(bptt, "BatchLossRecorder", Recorder)
+    sentences = _sentences(30, vocabulary_size=12)
+    per_pass = len(list(stream_dataset(sentences, batch_size=2, num_steps=3)))
+    tokens_per_pass = per_pass * 2 * 3
+    out = train_lm_on_budget(
+        sentences,
+        sentences[:5],
+        12,
+        mode="stream",
+        num_steps=3,
+        batch_size=2,
+        token_budget=int(2.5 * tokens_per_pass),
+        units=8,
+        embedding_dim=6,
+    )
+    assert out["steps"] == len(starts) and len(starts) > 2 * per_pass
+    zero = [i for i, value in enumerate(starts) if value == 0.0]
+    assert zero == [0, per_pass, 2 * per_pass]
+
+
 def test_committed_pairs_use_the_ptb_vocabulary():
     pairs = load_agreement_pairs()
     assert len(pairs) == 120

@@ -14,7 +14,8 @@ Usage (from the repository root or from ``tutorials/``)::
     python tutorials/refresh.py --only 01 04        # some notebooks
     python tutorials/refresh.py --mode quick --dry-run   # time the CI setting, keep the files
 
-A notebook whose outputs contain a traceback or a warning makes the script exit with status 1
+A notebook whose outputs contain a traceback, a warning or a TensorFlow INFO log line makes
+the script exit with status 1
 (after every notebook ran); nothing is filtered or edited out.
 """
 
@@ -36,8 +37,9 @@ from nbclient import NotebookClient
 TUTORIALS = Path(__file__).resolve().parent
 ROOT = TUTORIALS.parent
 START, END = "<!-- refresh:start -->", "<!-- refresh:end -->"
-#: output text that must never be stored: tracebacks, Python and TensorFlow/Keras warnings
-PROBLEMS = re.compile(r"Traceback|Warning:|WARNING|^W\d{4} ", re.MULTILINE)
+#: output text that must never be stored: tracebacks, Python and TensorFlow/Keras warnings,
+#: and TensorFlow's own INFO lines (e.g. ``INFO:tensorflow:Assets written to``: log noise)
+PROBLEMS = re.compile(r"Traceback|Warning:|WARNING|^W\d{4} |^INFO:tensorflow:", re.MULTILINE)
 
 
 def notebooks(only: list[str] | None) -> list[Path]:

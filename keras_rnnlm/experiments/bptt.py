@@ -7,7 +7,8 @@
 * ``train_lm_on_budget``: trains a language model on sentence batches (state reset every
   sentence) or on a document stream with truncated BPTT (state carried from one window of
   ``num_steps`` tokens to the next, gradient cut at the window boundary), for the same number
-  of predicted tokens, and measures the stream perplexity of held-out text.
+  of predicted tokens (the stream's state zeroed at the start of every pass over the data),
+  and measures the stream perplexity of held-out text.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from keras_rnnlm.experiments.batch_loss import BatchLossRecorder
 from keras_rnnlm.losses import MaskedLanguageModelLoss
 from keras_rnnlm.models import RNNLanguageModel
 from keras_rnnlm.training import (
-    ResetStatesCallback,
     compile_language_model,
     evaluate_perplexity,
     evaluate_stream_perplexity,
@@ -94,6 +94,19 @@ def bptt_contributions(model: RNNLanguageModel, inputs, targets) -> dict:
     }
 
 
+class _ResetStatesAtBatches(keras.callbacks.Callback):
+    """Zero a stateful model's carried states before the training batches ``batches``
+    (indices within the one epoch of ``train_lm_on_budget``: the starts of its passes)."""
+
+    def __init__(self, batches: Sequence[int]):
+        super().__init__()
+        self.batches = set(batches)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch in self.batches:
+            self.model.reset_states()
+
+
 def train_lm_on_budget(
     train_sentences: Sequence[Sequence[int]],
     valid_sentences: Sequence[Sequence[int]],
@@ -119,7 +132,12 @@ def train_lm_on_budget(
         mode: ``"sentences"`` (padded sentence batches, state reset at every sentence) or
             ``"stream"`` (the training sentences as one document stream cut into
             ``num_steps`` windows; the state is carried between windows, a stateful model,
-            and the gradient is truncated at each window boundary: truncated BPTT).
+            and the gradient is truncated at each window boundary: truncated BPTT). The
+            state is zeroed at the start of every pass over the data, as at every epoch
+            start of TBPTT training, so the model meets the zero state that evaluation
+            starts from once per pass (carried through every pass, a SimpleRNN whose
+            saturated state has two mirror-image attractors could be trained in one and
+            evaluated, from zero, in the other).
         num_steps: the truncation length (stream mode).
         batch_size: rows per batch (sentences, or parallel stream rows).
         token_budget: predicted tokens to train on (whole batches; the data is repeated).
@@ -157,8 +175,9 @@ def train_lm_on_budget(
     else:
         # <eos> starts every sentence, as it precedes every sentence of the stream
         data = sentence_dataset(train_sentences, batch_size=batch_size, seed=seed, start_id=EOS_ID)
-    batches, tokens = [], 0
+    batches, tokens, pass_starts = [], 0, []
     while tokens < token_budget:  # whole passes over the data (sentence batches reshuffled)
+        pass_starts.append(len(batches))
         for x, y in data:
             if tokens >= token_budget:
                 break
@@ -171,9 +190,12 @@ def train_lm_on_budget(
     dataset = tf.data.Dataset.from_generator(
         lambda: iter(batches), output_signature=(spec, spec)
     ).apply(tf.data.experimental.assert_cardinality(len(batches)))
-    # stream: one epoch, in order, so row b of batch i + 1 continues row b of batch i
+    # stream: one epoch, in order, so row b of batch i + 1 continues row b of batch i; the
+    # state is zeroed at the start of every pass over the data, as at every epoch start of
+    # TBPTT training (a state carried through all passes would show the model the zero state
+    # of evaluation's start only once, at its first batch)
     recorder = BatchLossRecorder()
-    callbacks = [recorder, ResetStatesCallback()] if stateful else [recorder]
+    callbacks = [_ResetStatesAtBatches(pass_starts), recorder] if stateful else [recorder]
     model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
     last = max(1, len(recorder.losses) // 10)
     losses = np.asarray(recorder.losses[-last:])

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from keras_rnnlm.tf_logging import tensorflow_info_dropped
+
 
 class TaskModelServer(tf.Module):
     """The tf.Module saved by ``export_task_model``: the model and one serving signature."""
@@ -39,5 +41,6 @@ def export_task_model(model: keras.Model, export_dir):
     if not model.built:
         raise ValueError("The model is not built: call it on data or train it before exporting.")
     server = TaskModelServer(model)
-    tf.saved_model.save(server, str(export_dir), signatures={"serving_default": server.serve})
+    with tensorflow_info_dropped():  # "INFO:tensorflow:Assets written to" in Jupyter
+        tf.saved_model.save(server, str(export_dir), signatures={"serving_default": server.serve})
     return export_dir
