@@ -195,13 +195,19 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "jit_compile, mode",
-    [(False, "sentence"), ("auto", "sentence"), ("auto", "stream")],
-    ids=["reference-sentence", "fast-sentence", "fast-stream"],
+    "jit_compile, mode, optimizer",
+    [
+        (False, "sentence", "sgd"),
+        ("auto", "sentence", "sgd"),
+        ("auto", "stream", "sgd"),
+        ("auto", "sentence", "adam"),
+    ],
+    ids=["reference-sentence", "fast-sentence", "fast-stream", "fast-sentence-adam"],
 )
-def test_same_seed_same_loss_curve(tmp_path, monkeypatch, jit_compile, mode):
+def test_same_seed_same_loss_curve(tmp_path, monkeypatch, jit_compile, mode, optimizer):
     """Same --seed, same loss curve: the reference path and the fast default path
-    (XLA time loop, hand-written backward, fused output layer and SGD) with dropout on."""
+    (XLA time loop in row parts, hand-written backward, fused output layer, fused SGD or
+    Adam) with dropout on."""
     from keras_rnnlm.fast import train_step as fast_dispatch
 
     _corpus(tmp_path)
@@ -224,8 +230,8 @@ def test_same_seed_same_loss_curve(tmp_path, monkeypatch, jit_compile, mode):
             epochs=2,
             seed=3,
             mode=mode,
-            optimizer="sgd",
-            learning_rate=1.0,
+            optimizer=optimizer,
+            learning_rate=1.0 if optimizer == "sgd" else 0.01,
             jit_compile=jit_compile,
             verbose=0,
             output=str(tmp_path / name),
