@@ -25,6 +25,18 @@ def test_keras_optimizer_still_has_the_hook(name):
     assert callable(getattr(keras.optimizers.Optimizer, name, None)), name
 
 
+def test_adam_moments_are_the_variables_keras_adam_updates():
+    # compat.adam_moments reads Adam's private _momentums/_velocities/_get_variable_index
+    variables = [keras.Variable(np.zeros(2, "float32")), keras.Variable(np.zeros(3, "float32"))]
+    optimizer = keras.optimizers.Adam(learning_rate=0.1)
+    optimizer.apply_gradients(zip([tf.ones(2), tf.fill([3], 2.0)], variables))
+    for variable, grad in zip(variables, (1.0, 2.0), strict=True):
+        m, v = compat.adam_moments(optimizer, variable)
+        assert m.shape == v.shape == variable.shape
+        np.testing.assert_allclose(np.asarray(m), (1 - 0.9) * grad, rtol=1e-6)  # after 1 step
+        np.testing.assert_allclose(np.asarray(v), (1 - 0.999) * grad**2, rtol=1e-5)
+
+
 class Spy(compat.OptimizerHooks, keras.optimizers.SGD):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
