@@ -27,11 +27,12 @@ LINES = [
 ]
 
 
-def _corpus(tmp_path):
+def _corpus(tmp_path, train_copies=1):
     rng = np.random.default_rng(0)
     words = " ".join(LINES).split()
     lines = [" ".join(rng.choice(words, rng.integers(3, 12))) for _ in range(240)] + LINES * 10
-    for name, part in (("train", lines[:220]), ("valid", lines[220:250]), ("test", lines[250:])):
+    train = lines[:220] * train_copies
+    for name, part in (("train", train), ("valid", lines[220:250]), ("test", lines[250:])):
         (tmp_path / f"{name}.txt").write_text("\n".join(part) + "\n")
 
 
@@ -98,7 +99,9 @@ def _final(output):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sentence", "stream"])
 def test_kill_9_mid_epoch_then_rerun_resumes_to_the_same_result(tmp_path, mode):
-    _corpus(tmp_path)
+    # 220 lines made epochs of 0.1 s (stream) on the fast path, too short to kill one reliably;
+    # 20 copies give epochs of about 1 s (stream) and 3 s (sentence) here.
+    _corpus(tmp_path, train_copies=20)
     reference = _cli(_args(tmp_path, tmp_path / "reference", mode))
     assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
 
@@ -110,7 +113,8 @@ def test_kill_9_mid_epoch_then_rerun_resumes_to_the_same_result(tmp_path, mode):
         if backup.exists() and ResumableCheckpoint(backup.parent).completed_epochs() >= 1:
             break
         time.sleep(0.05)
-    time.sleep(0.3)  # somewhere inside the next epoch (or a checkpoint write)
+    # Killed right away, somewhere inside the next epoch (or a checkpoint write). Sleeping 0.3 s
+    # here once let the run finish all four epochs and delete its backup first (CI: completed 0).
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (interrupted / "metrics.json").exists()
