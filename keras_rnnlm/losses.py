@@ -5,7 +5,6 @@ from keras import ops
 
 from keras_rnnlm.distribute import cross_replica_sum
 from keras_rnnlm.fast.output_layer import (  # noqa: F401  (re-exported: the old home)
-    low_precision_matmul_gradients,
     output_layer_cross_entropy,
 )
 from keras_rnnlm.fast.xent import xla_sparse_softmax_cross_entropy

@@ -122,8 +122,9 @@ def test_bfloat16_output_layer_close_to_float32_and_round_trips(tie, tmp_path):
 
 
 def test_low_precision_dense_gradients_equal_autodiff_of_the_same_formula():
-    # the hand-written gradient (fused bias sum and cast) against TensorFlow's automatic
-    # differentiation of cast -> matmul -> cast -> add, and the float32 layer within bf16 error
+    # the hand-written gradient (the bias gradient as the last row of [x, 1]^T @ dy) against
+    # TensorFlow's automatic differentiation of cast -> matmul -> cast -> add, and the float32
+    # layer within bf16 error
     import tensorflow as tf
 
     from keras_rnnlm.fast.output_layer import low_precision_dense
@@ -145,7 +146,12 @@ def test_low_precision_dense_gradients_equal_autodiff_of_the_same_formula():
             logits = fn(inputs, kernel, bias)
             loss = tf.reduce_sum(logits * upstream)
         results.append([logits, *tape.gradient(loss, [inputs, kernel, bias])])
-    for ours, theirs in zip(*results, strict=True):
+    for ours, theirs in zip(results[0][:3], results[1][:3], strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    # the bias gradient sums the bfloat16-rounded upstream (as the kernel gradient does):
+    # within 2^-9 of each |upstream| term plus the result's own rounding
+    bound = 2**-9 * np.abs(upstream).sum(0) + 2**-8 * np.abs(results[1][3])
+    np.testing.assert_array_less(np.abs(results[0][3] - results[1][3]), bound)
+    np.testing.assert_allclose(results[1][3], tf.reduce_sum(upstream, 0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(results[0][0], inputs @ kernel + bias, atol=0.05)
     np.testing.assert_allclose(results[0][2], tf.transpose(inputs) @ upstream, rtol=0.02, atol=0.05)

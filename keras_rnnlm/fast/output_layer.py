@@ -5,8 +5,8 @@ References: ``keras.layers.Dense`` / ``ops.matmul(hidden, kernel) + bias`` for t
 (``RNNLanguageModel.logits_from_hidden``), and ``losses.MaskedLanguageModelLoss`` on those
 logits for the loss. Tolerances (``tests/fast_test.py``, ``tests/losses_metrics_test.py``):
 float32 pieces equal the reference to 1e-6; bfloat16 pieces equal TensorFlow's automatic
-differentiation of the same cast-matmul-cast formula to 1e-6, and the float32 reference to
-the rounding of bfloat16 operands (8 significant bits: ~0.4% relative per product, 0.05
+differentiation of the same cast-matmul-cast formula to 1e-6 (the bias gradient, a product's
+row, rounded to bfloat16 like the kernel's), and the float32 reference to the rounding of bfloat16 operands (8 significant bits: ~0.4% relative per product, 0.05
 absolute on unit-scale logits; gradients 2%).
 """
 
@@ -16,22 +16,53 @@ from keras_rnnlm.distribute import cross_replica_sum
 from keras_rnnlm.fast.xent import softmax_parts
 
 
-def low_precision_matmul_gradients(d_product, low_inputs, low_kernel):
-    """Gradients of ``low_inputs @ low_kernel`` (operands in a low precision) with respect to
-    both operands, from ``d_product`` in the same precision; returned in float32."""
-    d_inputs = tf.matmul(d_product, low_kernel, transpose_b=True)
-    d_kernel = tf.matmul(low_inputs, d_product, transpose_a=True)
-    return tf.cast(d_inputs, tf.float32), tf.cast(d_kernel, tf.float32)
-
-
 @tf.function(jit_compile=True)
 def _add_bias_in_float32(product, bias):  # one pass over the (positions, vocabulary) logits
     return tf.cast(product, tf.float32) + bias
 
 
 @tf.function(jit_compile=True)
-def _cast_and_bias_gradient(d_logits, dtype):  # one pass: low-precision copy and column sums
-    return tf.cast(d_logits, dtype), tf.reduce_sum(d_logits, axis=0)
+def _cast(d_logits, dtype):  # one pass (TensorFlow's Cast kernel is several times slower)
+    return tf.cast(d_logits, dtype)
+
+
+@tf.function(jit_compile=True)
+def _kernel_and_bias_gradients(d_kernel_and_bias, scale):  # one pass: cast, scale, split
+    d = tf.cast(d_kernel_and_bias, tf.float32) * scale
+    return d[:-1], d[-1]
+
+
+def dense_gradients(d_product, low_inputs, low_kernel, scale=1.0):
+    """Gradients of ``low_inputs @ low_kernel + bias`` with respect to the inputs, kernel and
+    bias, from ``d_product`` (operands and ``d_product`` in the same, possibly low, precision),
+    each multiplied by ``scale``; returned in float32.
+
+    The bias gradient (``d_product``'s column sums) comes out of the kernel-gradient product:
+    ``[inputs, 1]^T @ d_product`` has it as its last row. A separate column sum over the
+    ``(positions, vocabulary)`` gradient cost ~1.5 ms of a PTB-small training step as an XLA
+    reduction, ~2 ms as a ``ones @ d_product`` product; the extra row costs ~0.5% of the
+    product.
+
+    Args:
+        d_product: ``(positions, vocabulary)``.
+        low_inputs: ``(positions, units)``, the forward product's left operand.
+        low_kernel: ``(units, vocabulary)``, its right operand.
+        scale: a scalar multiplying every gradient (the upstream gradient of a scalar loss).
+
+    Returns:
+        float32 ``(d_inputs, d_kernel, d_bias)``.
+
+    Example:
+
+    >>> d_x, d_w, d_b = dense_gradients(tf.ones((3, 5)), tf.ones((3, 4)), tf.ones((4, 5)))
+    """
+    ones = tf.ones((tf.shape(low_inputs)[0], 1), low_inputs.dtype)
+    with_ones = tf.concat([low_inputs, ones], axis=1)
+    d_inputs = tf.matmul(d_product, low_kernel, transpose_b=True)
+    d_kernel, d_bias = _kernel_and_bias_gradients(
+        tf.matmul(with_ones, d_product, transpose_a=True), scale
+    )
+    return tf.cast(d_inputs, tf.float32) * scale, d_kernel, d_bias
 
 
 def low_precision_dense(inputs, kernel, bias, dtype):
@@ -39,9 +70,10 @@ def low_precision_dense(inputs, kernel, bias, dtype):
 
     ``inputs`` ``(positions, units)`` and ``kernel`` ``(units, vocabulary)`` are cast to
     ``dtype`` for the three matrix products (forward, and the two of the gradient), which run
-    on oneDNN; the bias add and, in the gradient, the bias sum and cast of the incoming
-    gradient are each one small XLA pass over the logits (TensorFlow's separate
-    ``Cast``/``AddV2``/``Sum`` kernels took ~8 ms of a ~50 ms PTB-small training step).
+    on oneDNN; the bias add and the cast of the incoming gradient are each one small XLA pass
+    over the logits, and the bias gradient comes out of the kernel-gradient product
+    (``dense_gradients``). TensorFlow's separate ``Cast``/``AddV2``/``Sum`` kernels took ~8 ms
+    of a ~50 ms PTB-small training step.
 
     Args:
         inputs: float32 ``(positions, units)``.
@@ -64,8 +96,7 @@ def low_precision_dense(inputs, kernel, bias, dtype):
         logits = _add_bias_in_float32(tf.matmul(low_inputs, low_kernel), bias)
 
         def grad(d_logits):
-            d_low, d_bias = _cast_and_bias_gradient(d_logits, dtype)
-            return (*low_precision_matmul_gradients(d_low, low_inputs, low_kernel), d_bias)
+            return dense_gradients(_cast(d_logits, dtype), low_inputs, low_kernel)
 
         return logits, grad
 
@@ -80,7 +111,7 @@ def _xla_output_cross_entropy(product, bias, targets, count, gradient_dtype):
     mask = tf.cast(tf.not_equal(targets, 0), tf.float32)
     weight = (mask / tf.maximum(count, 1.0))[:, None]  # d(mean NLL over real tokens)/d(NLL)
     d_logits = (exp / total - tf.one_hot(targets, tf.shape(logits)[-1])) * weight
-    return tf.reduce_sum(nll * mask), tf.cast(d_logits, gradient_dtype), tf.reduce_sum(d_logits, 0)
+    return tf.reduce_sum(nll * mask), tf.cast(d_logits, gradient_dtype)
 
 
 def output_layer_cross_entropy(hidden, kernel, bias, targets, dtype="float32"):
@@ -89,8 +120,9 @@ def output_layer_cross_entropy(hidden, kernel, bias, targets, dtype="float32"):
     Equal to ``MaskedLanguageModelLoss()(targets, hidden @ kernel + bias)`` (matmul operands in
     ``dtype``, float32 logits), but the ``(positions, vocabulary)`` logits are never written
     to memory in float32: one XLA pass computes the loss and its gradient with respect to the
-    logits (in ``dtype``, already divided by the token count) and the bias gradient, and the
-    backward pass only runs the two matrix products. A separate model output, loss, metric,
+    logits (in ``dtype``, already divided by the token count), and the backward pass only runs
+    the two matrix products (the bias gradient is the kernel-gradient product's last row,
+    ``dense_gradients``). A separate model output, loss, metric,
     gradient scaling, bias sum and cast each read or wrote the logits once (about 170 MB of
     memory traffic per PTB-small step).
 
@@ -120,12 +152,11 @@ def output_layer_cross_entropy(hidden, kernel, bias, targets, dtype="float32"):
     def fused(hidden, kernel, bias):
         low_hidden, low_kernel = tf.cast(hidden, dtype), tf.cast(kernel, dtype)
         product = tf.matmul(low_hidden, low_kernel)  # oneDNN; bfloat16 output when dtype is
-        nll_sum, d_low, d_bias = _xla_output_cross_entropy(product, bias, targets, count, dtype)
+        nll_sum, d_low = _xla_output_cross_entropy(product, bias, targets, count, dtype)
 
         def grad(d_loss, d_nll_sum):
             del d_nll_sum  # the NLL sum is reported, never differentiated
-            d_hidden, d_kernel = low_precision_matmul_gradients(d_low, low_hidden, low_kernel)
-            return d_hidden * d_loss, d_kernel * d_loss, d_bias * d_loss
+            return dense_gradients(d_low, low_hidden, low_kernel, d_loss)
 
         return (nll_sum / tf.maximum(count, 1.0), nll_sum), grad
 
