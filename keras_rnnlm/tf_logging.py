@@ -107,3 +107,17 @@ def tensorflow_info_dropped() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(drop)
+
+
+def save_saved_model(obj, export_dir, **kwargs) -> None:
+    """``tf.saved_model.save(obj, export_dir, **kwargs)`` inside ``tensorflow_info_dropped``:
+    the library's exports print no ``INFO:tensorflow:Assets written to`` line in Jupyter.
+
+    Example:
+
+    >>> save_saved_model(module, export_dir, signatures={"serving_default": module.serve})
+    """
+    import tensorflow as tf
+
+    with tensorflow_info_dropped():
+        tf.saved_model.save(obj, str(export_dir), **kwargs)

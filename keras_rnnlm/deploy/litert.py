@@ -32,7 +32,7 @@ from keras_rnnlm.deploy.functions import (
     write_card,
 )
 from keras_rnnlm.models import RNNLanguageModel
-from keras_rnnlm.tf_logging import tensorflow_info_dropped
+from keras_rnnlm.tf_logging import save_saved_model
 
 STEP_FILE = "step.tflite"
 SCORE_FILE = "score.tflite"
@@ -58,8 +58,7 @@ def convert_to_litert(
     # Through a weight-less SavedModel: it keeps the signature's name and its named outputs
     # (a bare concrete function converts to a model without SignatureDef, outputs "Identity").
     with tempfile.TemporaryDirectory() as saved:
-        with tensorflow_info_dropped():  # "INFO:tensorflow:Assets written to" in Jupyter
-            tf.saved_model.save(tf.Module(), saved, signatures={name: function})
+        save_saved_model(tf.Module(), saved, signatures={name: function})
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[name])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantize:

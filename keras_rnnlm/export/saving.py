@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras_rnnlm.data.vocabulary import Vocabulary
 from keras_rnnlm.export.server import MAX_NEW_TOKENS, LanguageModelServer, serving_copy
 from keras_rnnlm.models import RNNLanguageModel
-from keras_rnnlm.tf_logging import tensorflow_info_dropped
+from keras_rnnlm.tf_logging import save_saved_model
 
 
 def export_saved_model(
@@ -78,8 +78,7 @@ def export_saved_model(
         "step_tpu": server.step_tpu,
     }
     options = tf.saved_model.SaveOptions(function_aliases={"tpu_func": server.score_tpu})
-    with tensorflow_info_dropped():  # "INFO:tensorflow:Assets written to" in Jupyter
-        tf.saved_model.save(server, str(export_dir), signatures=signatures, options=options)
+    save_saved_model(server, export_dir, signatures=signatures, options=options)
     vocabulary.save(export_dir / "vocabulary.json")
     from keras_rnnlm import __version__
 

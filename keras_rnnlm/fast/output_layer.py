@@ -6,8 +6,9 @@ References: ``keras.layers.Dense`` / ``ops.matmul(hidden, kernel) + bias`` for t
 logits for the loss. Tolerances (``tests/fast_test.py``, ``tests/losses_metrics_test.py``):
 float32 pieces equal the reference to 1e-6; bfloat16 pieces equal TensorFlow's automatic
 differentiation of the same cast-matmul-cast formula to 1e-6 (the bias gradient, a product's
-row, rounded to bfloat16 like the kernel's), and the float32 reference to the rounding of bfloat16 operands (8 significant bits: ~0.4% relative per product, 0.05
-absolute on unit-scale logits; gradients 2%).
+row, rounded to bfloat16 like the kernel's), and the float32 reference to the rounding of
+bfloat16 operands (8 significant bits: ~0.4% relative per product, 0.05 absolute on
+unit-scale logits; gradients 2%).
 """
 
 import tensorflow as tf
@@ -122,9 +123,9 @@ def output_layer_cross_entropy(hidden, kernel, bias, targets, dtype="float32"):
     to memory in float32: one XLA pass computes the loss and its gradient with respect to the
     logits (in ``dtype``, already divided by the token count), and the backward pass only runs
     the two matrix products (the bias gradient is the kernel-gradient product's last row,
-    ``dense_gradients``). A separate model output, loss, metric,
-    gradient scaling, bias sum and cast each read or wrote the logits once (about 170 MB of
-    memory traffic per PTB-small step).
+    ``dense_gradients``). A separate model output, loss, metric, gradient scaling, bias sum
+    and cast each read or wrote the logits once (about 170 MB of memory traffic per
+    PTB-small step).
 
     Args:
         hidden: float32 ``(positions, units)``.

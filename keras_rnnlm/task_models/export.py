@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_rnnlm.tf_logging import tensorflow_info_dropped
+from keras_rnnlm.tf_logging import save_saved_model
 
 
 class TaskModelServer(tf.Module):
@@ -41,6 +41,5 @@ def export_task_model(model: keras.Model, export_dir):
     if not model.built:
         raise ValueError("The model is not built: call it on data or train it before exporting.")
     server = TaskModelServer(model)
-    with tensorflow_info_dropped():  # "INFO:tensorflow:Assets written to" in Jupyter
-        tf.saved_model.save(server, str(export_dir), signatures={"serving_default": server.serve})
+    save_saved_model(server, export_dir, signatures={"serving_default": server.serve})
     return export_dir
