@@ -18,6 +18,7 @@ from keras import ops
 
 from keras_rnnlm.distributed_stream import global_state_batch, replica_state_variables
 from keras_rnnlm.fast import check_implementation
+from keras_rnnlm.fast.projection import project_inputs as fast_project_inputs
 from keras_rnnlm.fast.time_loop import fast_time_loop
 
 _PACKAGE = "keras_rnnlm"
@@ -135,6 +136,10 @@ class Recurrent(keras.layers.Layer):
     #: Runtime switch (not in the config) for ``implementation="auto"``: run the fast time loop.
     #: ``RNNLanguageModel.compile`` sets it when it picks the fast path.
     jit_time_loop = False
+    #: Runtime switch (not in the config) for the fast time loop's training calls: the dtype of
+    #: the input projection's and the weight gradients' matmul operands (``"bfloat16"`` or
+    #: ``"float32"``), resolved by ``compile`` from the model's ``output_dtype``.
+    training_matmul_dtype = "float32"
 
     @property
     def uses_fast_time_loop(self):
@@ -203,10 +208,14 @@ class Recurrent(keras.layers.Layer):
             inputs = ops.flip(inputs, axis=1)
             mask = None if mask is None else ops.flip(mask, axis=1)
 
-        projected = self.cell.project_inputs(inputs)  # (batch, time, gates * units)
         if self.uses_fast_time_loop:  # like keras.layers.LSTM.inner_loop trying cuDNN
-            outputs, last_output, states = fast_time_loop(self, projected, mask, states, reset)
+            dtype = self.training_matmul_dtype if training else "float32"
+            projected = fast_project_inputs(self.cell, inputs, dtype)
+            outputs, last_output, states = fast_time_loop(
+                self, projected, mask, states, reset, gradient_dtype=dtype
+            )
         else:
+            projected = self.cell.project_inputs(inputs)  # (batch, time, gates * units)
             outputs, last_output, states = self._time_loop(projected, mask, states, reset)
 
         if self.stateful:

@@ -242,6 +242,12 @@ def test_auto_output_dtype_is_bf16_only_in_the_fast_training_step(monkeypatch):
     assert model.output_matmul_dtype(training=True) == "bfloat16"
     assert model.output_matmul_dtype(training=False) == "float32"
     assert _lm(output_dtype="float32").output_matmul_dtype(training=True) == "float32"
+    # the layers' input projections and weight gradients follow it (training calls only)
+    assert {layer.training_matmul_dtype for layer in model.rnn.rnn_layers} == {"bfloat16"}
+    for kwargs in (dict(output_dtype="float32"), dict(implementation="reference")):
+        other = _lm(**kwargs)
+        compile_language_model(other, "sgd")
+        assert {layer.training_matmul_dtype for layer in other.rnn.rnn_layers} == {"float32"}
 
 
 @pytest.mark.parametrize("name", ["recurrence_bf16", "default"])

@@ -259,3 +259,39 @@ def test_time_loop_in_row_parts_with_a_batch_known_only_at_run_time(monkeypatch)
         outputs[fast_loop] = np.asarray(run(X, MASK))
     np.testing.assert_allclose(outputs[True], outputs[False], atol=1e-6)
     assert time_loop.row_parts(20) == 2 and time_loop.row_parts(12) == 1  # 8 rows at least
+
+
+def _bf16_training_run(cell, matmul_dtype, training):
+    keras.utils.set_random_seed(1)
+    layer = Recurrent(cell(4), return_sequences=True)
+    layer.build(X.shape)
+    layer.jit_time_loop = True
+    layer.training_matmul_dtype = matmul_dtype
+    weights = tf.constant(np.random.default_rng(9).normal(size=(3, 6, 4)), tf.float32)
+    x = tf.constant(X)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = layer(x, mask=MASK, training=training)
+        loss = tf.reduce_sum(outputs * weights)
+    grads = tape.gradient(loss, [x, *layer.trainable_weights])
+    return np.asarray(outputs), [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("cell", [SimpleRNNCell, LSTMCell, GRUCell])
+def test_bfloat16_projections_in_the_fast_training_step(cell):
+    # training_matmul_dtype="bfloat16" (set by compile from output_dtype): the input projection
+    # and the weight-gradient products get bf16 operands in training calls only; against the
+    # float32 loop: within bf16 rounding (8 significant bits) but not equal; inference calls
+    # and the GRU (whose projection is not x @ kernel + bias) unchanged
+    outputs, grads = _bf16_training_run(cell, "float32", True)
+    low_outputs, low_grads = _bf16_training_run(cell, "bfloat16", True)
+    np.testing.assert_allclose(low_outputs, outputs, atol=1e-2 * np.abs(outputs).max())
+    for ours, reference in zip(low_grads, grads, strict=True):
+        scale = np.abs(reference).max()
+        np.testing.assert_allclose(ours, reference, atol=3e-2 * scale)
+    changed = any(not np.array_equal(a, b) for a, b in zip(low_grads, grads, strict=True))
+    assert changed == (cell is not GRUCell)
+    inference, inference_grads = _bf16_training_run(cell, "bfloat16", False)
+    np.testing.assert_array_equal(inference, outputs)
+    for ours, reference in zip(inference_grads, grads, strict=True):
+        np.testing.assert_array_equal(ours, reference)

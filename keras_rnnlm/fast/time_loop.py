@@ -81,7 +81,7 @@ def _split_rows(value, sizes, parts):
     return [None] * parts if value is None else tf.split(value, sizes, num=parts)
 
 
-def fast_time_loop(layer, projected, mask, states, reset=None):
+def fast_time_loop(layer, projected, mask, states, reset=None, gradient_dtype="float32"):
     """``layer._time_loop`` on the fast path: explicit backward when the cell has a rule,
     the batch's rows split into ``row_parts`` parts run concurrently.
 
@@ -91,6 +91,8 @@ def fast_time_loop(layer, projected, mask, states, reset=None):
         mask: boolean ``(batch, time)`` or None.
         states: list of ``(batch, units)`` initial states.
         reset: bool ``(batch, time)`` per-row state resets, or None.
+        gradient_dtype: operand dtype of the recurrent-kernel gradient product (outside the
+            loop; ``"bfloat16"`` in the fast training step where that is fast).
 
     Returns:
         ``(outputs (batch, time, units), last_output (batch, units), final_states)``, as the
@@ -102,6 +104,8 @@ def fast_time_loop(layer, projected, mask, states, reset=None):
     """
     loop = explicit_time_loop if backward_rule(layer.cell) is not None else compiled_time_loop
     parts = row_parts(projected.shape[0])
+    if loop is explicit_time_loop:
+        loop = functools.partial(explicit_time_loop, gradient_dtype=gradient_dtype)
     if parts == 1:
         return loop(layer, projected, mask, states, reset)
     batch = tf.shape(projected)[0]  # part i gets rows [i * batch // parts, (i+1) * batch // parts)
@@ -321,13 +325,13 @@ def _explicit_xla_functions(layer, rule):
     return functions
 
 
-def explicit_time_loop(layer, projected, mask, states, reset=None):
+def explicit_time_loop(layer, projected, mask, states, reset=None, gradient_dtype="float32"):
     """``_time_loop`` as one XLA computation with a hand-written gradient (``jit_time_loop``).
 
     The forward computation also returns what the backward pass needs (per-step gate
     activations and input states), so nothing is recomputed; the gradient of
     ``recurrent_kernel`` is one ``(units, time * batch) @ (time * batch, gates * units)``
-    product outside the loop.
+    product outside the loop (operands in ``gradient_dtype``, result float32).
     """
     forward, backward = _explicit_xla_functions(layer, backward_rule(layer.cell))
     mask, has_mask = _flag(mask)
@@ -363,7 +367,11 @@ def explicit_time_loop(layer, projected, mask, states, reset=None):
             )  # d_z: (batch, time, gates * units), the gradient of `projected`
             units = recurrent_kernel.shape[0]
             h_prev = tf.reshape(saved[1], [-1, units])  # (batch * time, units)
-            d_kernel = tf.matmul(h_prev, tf.reshape(d_z, [-1, d_z.shape[-1]]), transpose_a=True)
+            d_z_flat = tf.reshape(d_z, [-1, d_z.shape[-1]])
+            d_kernel = tf.matmul(
+                tf.cast(h_prev, gradient_dtype), tf.cast(d_z_flat, gradient_dtype), transpose_a=True
+            )
+            d_kernel = tf.cast(d_kernel, tf.float32)
             return [d_z, d_kernel, *d_states]
 
         return results, grad

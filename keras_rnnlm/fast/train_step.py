@@ -74,11 +74,14 @@ def configure_compile(model, jit_compile, loss, metrics, compile_kwargs):
     (``False``), and the fused train step when the loss and metrics allow it.
     """
     fast = uses_fast_path(model, jit_compile)
+    # untracked runtime state (not saved); the metrics belong to Keras's compiled metrics
+    object.__setattr__(model, "_fast_path", fast)
+    resolve = getattr(model, "output_matmul_dtype", None)  # follows output_dtype
+    training_dtype = resolve(training=True) if fast and resolve else "float32"
     for layer in model.rnn.rnn_layers:
         if hasattr(layer, "jit_time_loop"):
             layer.jit_time_loop = fast
-    # untracked runtime state (not saved); the metrics belong to Keras's compiled metrics
-    object.__setattr__(model, "_fast_path", fast)
+            layer.training_matmul_dtype = training_dtype
     fused = list(metrics or []) if fast and _fusable(loss, metrics, compile_kwargs) else None
     object.__setattr__(model, "_fused_metrics", fused)
     if fast or jit_compile == JIT_RECURRENCE:
