@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from keras_rnnlm.cells import CELLS
+from keras_rnnlm.fast.embedding import embedding_lookup
 from keras_rnnlm.layers import StackedRecurrent
 
 #: The ``make_backbone`` arguments that every model keeps as attributes and in its config.
@@ -146,13 +147,15 @@ def build_backbone(
             stack.build(input_shape + (embedding.output_dim,))
 
 
-def embed(embedding: keras.layers.Embedding, token_ids):
+def embed(embedding: keras.layers.Embedding, token_ids, fast: bool = False):
     """``(embeddings, mask)``: ``(batch, time, embedding_dim)`` and boolean ``(batch, time)``,
     True at real tokens (id != 0).
 
-    Dropout on the embeddings is the stack's first dropout, not applied here.
+    Dropout on the embeddings is the stack's first dropout, not applied here. ``fast``: gather
+    the rows from the variable (``keras_rnnlm.fast.embedding``, the same values).
     """
-    return embedding(token_ids), ops.not_equal(token_ids, 0)
+    vectors = embedding_lookup(embedding, token_ids) if fast else embedding(token_ids)
+    return vectors, ops.not_equal(token_ids, 0)
 
 
 def run_backbone(
@@ -177,7 +180,8 @@ def run_backbone(
         ``(outputs, final_states)`` of the stack: outputs ``(batch, time, output_dim)``; the
         final states are each row's states after its last real token.
     """
-    x, mask = embed(embedding, token_ids)
+    fast = any(getattr(layer, "uses_fast_time_loop", False) for layer in stack.rnn_layers)
+    x, mask = embed(embedding, token_ids, fast)
     kwargs = {} if reset is None else {"reset": reset}
     return stack(x, mask=mask, initial_state=initial_state, training=training, **kwargs)
 

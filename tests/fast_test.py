@@ -300,3 +300,47 @@ def test_fast_path_trains_on_batches_of_unknown_length_like_the_reference():
         histories[implementation] = model.fit(dataset, epochs=3, verbose=0, shuffle=False).history
     for name in ("loss", "perplexity"):
         np.testing.assert_allclose(histories["auto"][name], histories["reference"][name], rtol=1e-5)
+
+
+def test_embedding_lookup_gathers_from_the_variable_and_equals_the_keras_layer():
+    from keras_rnnlm.fast.embedding import embedding_lookup
+
+    embedding = keras.layers.Embedding(50, 8)
+    embedding.build((None, None))
+    ids = tf.constant(RNG.integers(0, 50, size=(3, 7)), "int32")
+    upstream = tf.constant(RNG.normal(size=(3, 7, 8)), "float32")
+    results = []
+    for lookup in (embedding, lambda i: embedding_lookup(embedding, i)):
+        with tf.GradientTape() as tape:
+            vectors = lookup(ids)
+            total = tf.reduce_sum(vectors * upstream)
+        gradient = tape.gradient(total, embedding.embeddings)
+        assert isinstance(gradient, tf.IndexedSlices)  # sparse, as the fused SGD expects
+        results.append((vectors, tf.convert_to_tensor(gradient)))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6, atol=1e-6)
+    graph = tf.function(lambda i: embedding_lookup(embedding, i)).get_concrete_function(ids)
+    ops_ = {op.type for op in graph.graph.get_operations()}
+    assert "ResourceGather" in ops_ and "ReadVariableOp" not in ops_, ops_
+    # a policy that casts keeps the Keras layer (bfloat16 vectors from float32 weights)
+    mixed = keras.layers.Embedding(50, 8, dtype="mixed_bfloat16")
+    mixed.build((None, None))
+    assert embedding_lookup(mixed, ids).dtype == mixed(ids).dtype == tf.bfloat16
+
+
+def test_fast_training_step_gathers_embeddings_and_runs_the_two_output_products_in_turn():
+    model = RNNLanguageModel(60, embedding_dim=8, units=8, num_layers=1)
+    compile_language_model(model, "sgd", 0.5, 0.25)
+    x = RNG.integers(1, 60, size=(4, 5)).astype("int32")
+    model.fit(x, x, batch_size=4, epochs=1, verbose=0)
+    spec = tf.TensorSpec((4, 5), tf.int32)
+    graph = tf.function(model.train_step).get_concrete_function((spec, spec)).graph
+    names = {}
+    for op in graph.get_operations():
+        names.setdefault(op.type, []).append(op)
+    assert "ResourceGather" in names
+    # the kernel-gradient product waits for the input-gradient product (both multi-threaded)
+    waits = [
+        op for op in names.get("MatMul", []) if any(c.type == "MatMul" for c in op.control_inputs)
+    ]
+    assert waits, "no output-layer gradient product has a control dependency"

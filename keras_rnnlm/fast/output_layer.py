@@ -60,9 +60,11 @@ def dense_gradients(d_product, low_inputs, low_kernel, scale=1.0):
     ones = tf.ones((tf.shape(low_inputs)[0], 1), low_inputs.dtype)
     with_ones = tf.concat([low_inputs, ones], axis=1)
     d_inputs = tf.matmul(d_product, low_kernel, transpose_b=True)
-    d_kernel, d_bias = _kernel_and_bias_gradients(
-        tf.matmul(with_ones, d_product, transpose_a=True), scale
-    )
+    # one product after the other: each already uses every core (oneDNN), and run
+    # concurrently they took 16-17 ms together instead of ~10 (PTB-small, bf16)
+    with tf.control_dependencies([d_inputs]):
+        d_kernel_and_bias = tf.matmul(with_ones, d_product, transpose_a=True)
+    d_kernel, d_bias = _kernel_and_bias_gradients(d_kernel_and_bias, scale)
     return tf.cast(d_inputs, tf.float32) * scale, d_kernel, d_bias
 
 
