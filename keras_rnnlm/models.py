@@ -60,7 +60,10 @@ class RNNLanguageModel(StallFreeFitMixin, keras.Model):
             bfloat16 (oneDNN accumulates in float32). ``"auto"``: bfloat16 in the training
             step of the fast path on a device where it is faster (GPU, CPU with
             AVX512-BF16/AMX: about 1.5-2x for these matmuls), float32 everywhere else
-            (evaluation, inference). ``"float32"`` is the fp32 switch.
+            (evaluation, inference). On the fast path the recurrent layers' input
+            projections and recurrent-kernel gradient product follow the same training
+            dtype (``keras_rnnlm.fast.projection``; the per-step recurrent products stay
+            float32). ``"float32"`` is the fp32 switch for all of them.
         implementation: ``"auto"`` (default), ``"reference"`` or ``"fast"``: which
             implementation trains the model (see ``keras_rnnlm.fast``); saved in the config.
 

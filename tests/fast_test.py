@@ -328,7 +328,9 @@ def test_embedding_lookup_gathers_from_the_variable_and_equals_the_keras_layer()
     assert embedding_lookup(mixed, ids).dtype == mixed(ids).dtype == tf.bfloat16
 
 
-def test_fast_training_step_gathers_embeddings_and_runs_the_two_output_products_in_turn():
+def test_fast_training_step_gathers_embeddings_and_computes_output_weight_gradients_last():
+    from keras_rnnlm.fast import train_step as fast_dispatch
+
     model = RNNLanguageModel(60, embedding_dim=8, units=8, num_layers=1)
     compile_language_model(model, "sgd", 0.5, 0.25)
     x = RNG.integers(1, 60, size=(4, 5)).astype("int32")
@@ -339,8 +341,19 @@ def test_fast_training_step_gathers_embeddings_and_runs_the_two_output_products_
     for op in graph.get_operations():
         names.setdefault(op.type, []).append(op)
     assert "ResourceGather" in names
-    # the kernel-gradient product waits for the input-gradient product (both multi-threaded)
-    waits = [
-        op for op in names.get("MatMul", []) if any(c.type == "MatMul" for c in op.control_inputs)
+    # the output kernel's gradient product waits for every other gradient: run beside the
+    # backward time loops it held an inter-op thread and serialized their row parts
+    assert fast_dispatch.DEFER_OUTPUT_WEIGHT_GRADIENTS
+    others = len(model.trainable_weights) - 2  # all but the output kernel and bias
+
+    def waits(op, depth=3):  # op, or one of its close inputs, has the control inputs
+        if len(op.control_inputs) >= others:
+            return True
+        return depth > 0 and any(waits(i.op, depth - 1) for i in op.inputs)
+
+    products = [  # [hidden, 1]^T @ d_logits: (units + 1, vocabulary)
+        op
+        for op in names["MatMul"]
+        if op.get_attr("transpose_a") and tuple(op.outputs[0].shape) == (9, 60)
     ]
-    assert waits, "no output-layer gradient product has a control dependency"
+    assert len(products) == 1 and waits(products[0]), "the weight gradients do not wait"

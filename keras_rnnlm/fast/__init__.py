@@ -16,7 +16,12 @@ Keras's own ``train_step`` trains the model.
   train step itself is a TensorFlow graph; on a CPU the batch's rows run as one compiled loop
   per core (``row_parts``), concurrently;
 * ``output_layer``: output-layer matmuls with bfloat16 operands (float32 weights, logits and
-  softmax), and the output layer fused with the masked cross-entropy;
+  softmax), the output layer fused with the masked cross-entropy, its two gradient products
+  run one after the other (each already uses every core);
+* ``projection``: the recurrent layers' input projections with the output layer's training
+  operand dtype (as ``torch.autocast`` does for an ``nn.LSTM``'s products);
+* ``embedding``: the embedding rows gathered straight from the variable (no copy of the
+  whole matrix per step once the sparse SGD update has put it in copy-on-read mode);
 * ``xent``: the cross-entropy as a small XLA function (TensorFlow's CPU kernel is slow);
 * ``sgd``: plain SGD's clip factor folded into the learning rate, sparse embedding rows;
 * ``adam``: Adam as TensorFlow's one-pass ``ApplyAdam`` kernel per variable;
@@ -40,7 +45,8 @@ subclasses), the output layer, loss and metrics are one fused operation; any oth
 metric (a stock Keras loss, ``sample_weight``...) uses Keras's train step with the fast time
 loops. ``output_dtype="auto"`` (default) gives the training step's output-layer matmuls
 bfloat16 operands on the fast path when the device runs them fast (a GPU, or a CPU with
-AVX512-BF16/AMX), float32 otherwise; evaluation and inference stay float32.
+AVX512-BF16/AMX), float32 otherwise, and the layers' input projections and recurrent-kernel
+gradient product follow it; evaluation and inference stay float32.
 ``output_dtype="float32"`` is the fp32 switch. ``jit_compile="recurrence"`` is the old
 spelling of the fast path (still accepted, and restored from old ``.keras`` files).
 

@@ -57,14 +57,11 @@ def dense_gradients(d_product, low_inputs, low_kernel, scale=1.0):
 
     >>> d_x, d_w, d_b = dense_gradients(tf.ones((3, 5)), tf.ones((3, 4)), tf.ones((4, 5)))
     """
-    ones = tf.ones((tf.shape(low_inputs)[0], 1), low_inputs.dtype)
-    with_ones = tf.concat([low_inputs, ones], axis=1)
     d_inputs = tf.matmul(d_product, low_kernel, transpose_b=True)
     # one product after the other: each already uses every core (oneDNN), and run
     # concurrently they took 16-17 ms together instead of ~10 (PTB-small, bf16)
     with tf.control_dependencies([d_inputs]):
-        d_kernel_and_bias = tf.matmul(with_ones, d_product, transpose_a=True)
-    d_kernel, d_bias = _kernel_and_bias_gradients(d_kernel_and_bias, scale)
+        d_kernel, d_bias = _weight_gradients(d_product, low_inputs, scale)
     return tf.cast(d_inputs, tf.float32) * scale, d_kernel, d_bias
 
 
@@ -117,7 +114,16 @@ def _xla_output_cross_entropy(product, bias, targets, count, gradient_dtype):
     return tf.reduce_sum(nll * mask), tf.cast(d_logits, gradient_dtype)
 
 
-def output_layer_cross_entropy(hidden, kernel, bias, targets, dtype="float32"):
+def _weight_gradients(d_product, low_inputs, scale):
+    """``(d_kernel, d_bias)`` of ``low_inputs @ kernel + bias`` from ``d_product``, float32."""
+    ones = tf.ones((tf.shape(low_inputs)[0], 1), low_inputs.dtype)
+    with_ones = tf.concat([low_inputs, ones], axis=1)
+    return _kernel_and_bias_gradients(tf.matmul(with_ones, d_product, transpose_a=True), scale)
+
+
+def output_layer_cross_entropy(
+    hidden, kernel, bias, targets, dtype="float32", defer_weight_gradients=False
+):
     """The output layer and the masked mean cross-entropy as one operation, for training.
 
     Equal to ``MaskedLanguageModelLoss()(targets, hidden @ kernel + bias)`` (matmul operands in
@@ -151,17 +157,29 @@ def output_layer_cross_entropy(hidden, kernel, bias, targets, dtype="float32"):
     local_count = tf.reduce_sum(tf.cast(tf.not_equal(targets, 0), tf.float32))
     count = cross_replica_sum(local_count)  # the loss is the global batch's mean
 
+    saved = {}
+
     @tf.custom_gradient
     def fused(hidden, kernel, bias):
         low_hidden, low_kernel = tf.cast(hidden, dtype), tf.cast(kernel, dtype)
         product = tf.matmul(low_hidden, low_kernel)  # oneDNN; bfloat16 output when dtype is
         nll_sum, d_low = _xla_output_cross_entropy(product, bias, targets, count, dtype)
+        saved.update(d_low=d_low, low_hidden=low_hidden)
 
         def grad(d_loss, d_nll_sum):
             del d_nll_sum  # the NLL sum is reported, never differentiated
+            if defer_weight_gradients:
+                d_hidden = tf.matmul(d_low, low_kernel, transpose_b=True)
+                return tf.cast(d_hidden, tf.float32) * d_loss, None, None
             return dense_gradients(d_low, low_hidden, low_kernel, d_loss)
 
         return (nll_sum / tf.maximum(count, 1.0), nll_sum), grad
 
     loss, nll_sum = fused(hidden, tf.convert_to_tensor(kernel), tf.convert_to_tensor(bias))
-    return loss, tf.stop_gradient(nll_sum), local_count
+    if not defer_weight_gradients:
+        return loss, tf.stop_gradient(nll_sum), local_count
+
+    def weight_gradients(d_loss):
+        return _weight_gradients(saved["d_low"], saved["low_hidden"], d_loss)
+
+    return loss, tf.stop_gradient(nll_sum), local_count, weight_gradients

@@ -17,6 +17,12 @@ from keras_rnnlm.fast.output_layer import output_layer_cross_entropy
 #: the old spelling of the fast path: ``compile(jit_compile="recurrence")``
 JIT_RECURRENCE = "recurrence"
 
+#: Compute the output layer's kernel and bias gradients after every other gradient. A
+#: running product holds one of TensorFlow's inter-op threads (one per core), so run beside
+#: the recurrent layers' backward time loops it made their row parts (``fast.time_loop``)
+#: run one after the other instead of side by side.
+DEFER_OUTPUT_WEIGHT_GRADIENTS = True
+
 
 def fast_path_supported(model: keras.Model, jit_compile="auto") -> bool:
     """Whether ``implementation="auto"`` picks the fast path for ``model`` here.
@@ -115,20 +121,38 @@ def fused_train_step(model, data):
         return None
     with tf.GradientTape() as tape:
         hidden, _ = model.hidden_states(x, training=True)  # (batch, time, units)
+        weights = list(model.trainable_weights)
         kernel, bias = model.output_weights()
-        loss, nll_sum, count = output_layer_cross_entropy(
+        # the output layer's weight gradients wait for every other gradient (see
+        # DEFER_OUTPUT_WEIGHT_GRADIENTS) when they are variables (not a tied embedding)
+        output_variables = [kernel, bias]
+        defer = DEFER_OUTPUT_WEIGHT_GRADIENTS and all(
+            any(v is w for w in weights) for v in output_variables
+        )
+        fused_loss, nll_sum, count, *deferred = output_layer_cross_entropy(
             tf.reshape(hidden, [-1, hidden.shape[-1]]),
             kernel,
             bias,
             tf.reshape(y, [-1]),
             model.output_matmul_dtype(training=True),
+            defer_weight_gradients=defer,
         )
+        tape.watch(fused_loss)
+        loss = fused_loss
         if model.losses:
             loss = loss + tf.add_n(model.losses)
         compat.update_loss_tracker(model, loss, tf.shape(y)[0])  # x may be a dict
         scaled = model.optimizer.scale_loss(loss)
-    gradients = tape.gradient(scaled, model.trainable_weights)
-    model.optimizer.apply_gradients(zip(gradients, model.trainable_weights))
+    *gradients, d_fused_loss = tape.gradient(scaled, [*weights, fused_loss])
+    if defer:
+        (weight_gradients,) = deferred
+        others = [g for g, w in zip(gradients, weights) if g is not None]
+        with tf.control_dependencies(tf.nest.flatten(others, expand_composites=True)):
+            late = weight_gradients(d_fused_loss)
+        for variable, late_gradient in zip(output_variables, late):
+            i = next(i for i, w in enumerate(weights) if w is variable)
+            gradients[i] = late_gradient if gradients[i] is None else gradients[i] + late_gradient
+    model.optimizer.apply_gradients(zip(gradients, weights))
     if model._fused_metrics:
         compat.build_compiled_metrics(model, y)
         for metric in model._fused_metrics:
