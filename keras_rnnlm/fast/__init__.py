@@ -25,7 +25,9 @@ Keras's own ``train_step`` trains the model.
 * ``xent``: the cross-entropy as a small XLA function (TensorFlow's CPU kernel is slow);
 * ``sgd``: plain SGD's clip factor folded into the learning rate, sparse embedding rows;
 * ``adam``: Adam as TensorFlow's one-pass ``ApplyAdam`` kernel per variable;
-* ``train_step``: the one place that decides (at ``compile``) and runs (``train_step``) it.
+* ``train_step``: the one place that decides (at ``compile``) and runs (``train_step``) it;
+  there the output layer's weight gradients come after every other gradient (a running
+  product holds one of TensorFlow's inter-op threads, which the layers' row parts need).
 
 **How one is chosen.** ``RNNLanguageModel(implementation=...)`` is saved in the model's
 config (old ``.keras`` files without it load as ``"auto"``):
