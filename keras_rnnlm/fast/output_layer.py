@@ -57,12 +57,12 @@ def dense_gradients(d_product, low_inputs, low_kernel, scale=1.0):
 
     >>> d_x, d_w, d_b = dense_gradients(tf.ones((3, 5)), tf.ones((3, 4)), tf.ones((4, 5)))
     """
-    d_inputs = tf.matmul(d_product, low_kernel, transpose_b=True)
+    d_inputs = _input_gradient(d_product, low_kernel, scale)
     # one product after the other: each already uses every core (oneDNN), and run
     # concurrently they took 16-17 ms together instead of ~10 (PTB-small, bf16)
     with tf.control_dependencies([d_inputs]):
         d_kernel, d_bias = _weight_gradients(d_product, low_inputs, scale)
-    return tf.cast(d_inputs, tf.float32) * scale, d_kernel, d_bias
+    return d_inputs, d_kernel, d_bias
 
 
 def low_precision_dense(inputs, kernel, bias, dtype):
@@ -114,6 +114,11 @@ def _xla_output_cross_entropy(product, bias, targets, count, gradient_dtype):
     return tf.reduce_sum(nll * mask), tf.cast(d_logits, gradient_dtype)
 
 
+def _input_gradient(d_product, low_kernel, scale):
+    """The float32 gradient of ``low_inputs @ low_kernel`` with respect to ``low_inputs``."""
+    return tf.cast(tf.matmul(d_product, low_kernel, transpose_b=True), tf.float32) * scale
+
+
 def _weight_gradients(d_product, low_inputs, scale):
     """``(d_kernel, d_bias)`` of ``low_inputs @ kernel + bias`` from ``d_product``, float32."""
     ones = tf.ones((tf.shape(low_inputs)[0], 1), low_inputs.dtype)
@@ -141,12 +146,16 @@ def output_layer_cross_entropy(
         bias: the output layer's ``(vocabulary,)`` bias.
         targets: int ``(positions,)``; 0 is padding.
         dtype: matmul operand dtype, ``"float32"`` or ``"bfloat16"``.
+        defer_weight_gradients: if True, the loss is differentiable with respect to
+            ``hidden`` only, and a fourth result computes the kernel and bias gradients when
+            the caller chooses (``fast.train_step`` runs them after every other gradient).
 
     Returns:
         ``(loss, nll_sum, count)``: the mean NLL over the real tokens (of the global batch
         under a multi-replica strategy; differentiable with respect to ``hidden``, ``kernel``
         and ``bias``), and this replica's float32 NLL sum and real-token count, for
-        ``Perplexity.update_from_totals``.
+        ``Perplexity.update_from_totals``. With ``defer_weight_gradients``, also
+        ``weight_gradients(d_loss) -> (d_kernel, d_bias)`` (float32).
 
     Example:
 
@@ -157,29 +166,26 @@ def output_layer_cross_entropy(
     local_count = tf.reduce_sum(tf.cast(tf.not_equal(targets, 0), tf.float32))
     count = cross_replica_sum(local_count)  # the loss is the global batch's mean
 
-    saved = {}
-
     @tf.custom_gradient
     def fused(hidden, kernel, bias):
         low_hidden, low_kernel = tf.cast(hidden, dtype), tf.cast(kernel, dtype)
         product = tf.matmul(low_hidden, low_kernel)  # oneDNN; bfloat16 output when dtype is
         nll_sum, d_low = _xla_output_cross_entropy(product, bias, targets, count, dtype)
-        saved.update(d_low=d_low, low_hidden=low_hidden)
 
-        def grad(d_loss, d_nll_sum):
-            del d_nll_sum  # the NLL sum is reported, never differentiated
+        def grad(d_loss, *unused):  # the NLL sum is reported, never differentiated
             if defer_weight_gradients:
-                d_hidden = tf.matmul(d_low, low_kernel, transpose_b=True)
-                return tf.cast(d_hidden, tf.float32) * d_loss, None, None
+                return _input_gradient(d_low, low_kernel, d_loss), None, None
             return dense_gradients(d_low, low_hidden, low_kernel, d_loss)
 
-        return (nll_sum / tf.maximum(count, 1.0), nll_sum), grad
+        return (nll_sum / tf.maximum(count, 1.0), nll_sum, d_low, low_hidden), grad
 
-    loss, nll_sum = fused(hidden, tf.convert_to_tensor(kernel), tf.convert_to_tensor(bias))
+    loss, nll_sum, d_low, low_hidden = fused(
+        hidden, tf.convert_to_tensor(kernel), tf.convert_to_tensor(bias)
+    )
     if not defer_weight_gradients:
         return loss, tf.stop_gradient(nll_sum), local_count
 
     def weight_gradients(d_loss):
-        return _weight_gradients(saved["d_low"], saved["low_hidden"], d_loss)
+        return _weight_gradients(d_low, low_hidden, d_loss)
 
     return loss, tf.stop_gradient(nll_sum), local_count, weight_gradients
