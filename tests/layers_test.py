@@ -241,6 +241,33 @@ def test_time_loop_in_row_parts_equals_the_graph_loop(cell, parts, monkeypatch):
         np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_row_parts_share_one_kernel_transpose_and_one_kernel_gradient_product(parts, monkeypatch):
+    # the parts' backward loops run under one gradient: the recurrent kernel is transposed
+    # once and its gradient is one product over all rows (not one of each per part)
+    monkeypatch.setattr(time_loop, "MIN_ROWS_PER_PART", 1)
+    monkeypatch.setattr(time_loop, "_cpu_cores", lambda: parts)
+    layer = Recurrent(LSTMCell(4), return_sequences=True)
+    layer.build(X.shape)
+    layer.jit_time_loop = True
+    kernel = layer.cell.recurrent_kernel
+
+    @tf.function
+    def kernel_gradient(x):
+        with tf.GradientTape() as tape:
+            outputs = layer(x, mask=MASK, training=True)
+        return tape.gradient(outputs, kernel)
+
+    graph = kernel_gradient.get_concrete_function(tf.constant(X)).graph
+    shape = tuple(kernel.shape)  # (4, 16); the input kernel's is (5, 16)
+    found = {
+        kind: [op for op in graph.get_operations() if op.type == kind and op.outputs[0].shape == s]
+        for kind, s in (("Transpose", shape[::-1]), ("MatMul", shape))
+    }
+    assert [len(found["Transpose"]), len(found["MatMul"])] == [1, 1]
+    assert time_loop.row_parts(3) == parts
+
+
 def test_time_loop_in_row_parts_with_a_batch_known_only_at_run_time(monkeypatch):
     monkeypatch.setattr(time_loop, "_cpu_cores", lambda: 2)
     outputs = {}

@@ -14,7 +14,10 @@ computation even when the surrounding train step is a TensorFlow graph:
 Rows in parallel: a batch's rows are independent through time, so on a CPU ``fast_time_loop``
 splits them into one part per core (``row_parts``) and runs one compiled loop per part; the
 TensorFlow executor runs the parts' XLA computations concurrently, each on its own core (the
-per-step matrix products are too small to keep two cores busy inside one computation).
+per-step matrix products are too small to keep two cores busy inside one computation). With
+the explicit backward the parts share one gradient: one transpose of the recurrent kernel and
+one kernel-gradient product over all rows (one of each per part cost 1.02-1.11x of a training
+step, ``benchmarks/RESULTS.md``).
 
 ``tests/layers_test.py`` checks both against the reference loop (float32, gradients to 1e-4
 relative / 1e-5 absolute; losses to 1e-5) and the hand-written backward against finite
@@ -102,17 +105,14 @@ def fast_time_loop(layer, projected, mask, states, reset=None, gradient_dtype="f
 
     >>> outputs, last, states = fast_time_loop(layer, projected, None, initial_states)
     """
-    loop = explicit_time_loop if backward_rule(layer.cell) is not None else compiled_time_loop
     parts = row_parts(projected.shape[0])
-    if loop is explicit_time_loop:
-        loop = functools.partial(explicit_time_loop, gradient_dtype=gradient_dtype)
+    if backward_rule(layer.cell) is not None:  # the parts share one backward (see there)
+        return explicit_time_loop(layer, projected, mask, states, reset, gradient_dtype, parts)
     if parts == 1:
-        return loop(layer, projected, mask, states, reset)
-    batch = tf.shape(projected)[0]  # part i gets rows [i * batch // parts, (i+1) * batch // parts)
-    bounds = [batch * i // parts for i in range(parts + 1)]
-    sizes = tf.stack([bounds[i + 1] - bounds[i] for i in range(parts)])
+        return compiled_time_loop(layer, projected, mask, states, reset)
+    sizes = _part_sizes(projected, parts)
     pieces = [
-        loop(layer, x, m, list(s), r)
+        compiled_time_loop(layer, x, m, list(s), r)
         for x, m, r, *s in zip(
             _split_rows(projected, sizes, parts),
             _split_rows(mask, sizes, parts),
@@ -120,9 +120,21 @@ def fast_time_loop(layer, projected, mask, states, reset=None, gradient_dtype="f
             *[_split_rows(state, sizes, parts) for state in states],
         )
     ]
+    return _join_parts(pieces, len(states))
+
+
+def _part_sizes(batch_major, parts):
+    """Rows per part: part i gets rows ``[i * batch // parts, (i + 1) * batch // parts)``."""
+    batch = tf.shape(batch_major)[0]
+    bounds = [batch * i // parts for i in range(parts + 1)]
+    return tf.stack([bounds[i + 1] - bounds[i] for i in range(parts)])
+
+
+def _join_parts(pieces, num_states):
+    """``(outputs, last, final_states)`` of the whole batch from its parts' results."""
     outputs = tf.concat([piece[0] for piece in pieces], axis=0)
     last = tf.concat([piece[1] for piece in pieces], axis=0)
-    final = [tf.concat([piece[2][i] for piece in pieces], axis=0) for i in range(len(states))]
+    final = [tf.concat([piece[2][i] for piece in pieces], axis=0) for i in range(num_states)]
     return outputs, last, final
 
 
@@ -325,54 +337,77 @@ def _explicit_xla_functions(layer, rule):
     return functions
 
 
-def explicit_time_loop(layer, projected, mask, states, reset=None, gradient_dtype="float32"):
-    """``_time_loop`` as one XLA computation with a hand-written gradient (``jit_time_loop``).
+def explicit_time_loop(
+    layer, projected, mask, states, reset=None, gradient_dtype="float32", parts=1
+):
+    """``_time_loop`` as XLA computations with a hand-written gradient (``jit_time_loop``).
 
     The forward computation also returns what the backward pass needs (per-step gate
-    activations and input states), so nothing is recomputed; the gradient of
-    ``recurrent_kernel`` is one ``(units, time * batch) @ (time * batch, gates * units)``
-    product outside the loop (operands in ``gradient_dtype``, result float32).
+    activations and input states), so nothing is recomputed. With ``parts`` > 1 the batch's
+    rows run as that many forward (and backward) computations side by side, under one
+    gradient: the recurrent kernel is transposed once for all of them, and the gradient of
+    ``recurrent_kernel`` is one ``(units, batch * time) @ (batch * time, gates * units)``
+    product over every part's rows (operands in ``gradient_dtype``, result float32), not a
+    transpose and a product per part.
     """
     forward, backward = _explicit_xla_functions(layer, backward_rule(layer.cell))
     mask, has_mask = _flag(mask)
     reset, has_reset = _flag(reset)
     recurrent_kernel = tf.convert_to_tensor(layer.cell.recurrent_kernel)
+    sizes = _part_sizes(projected, parts) if parts > 1 else None
+
+    def rows(value, present=True):  # a batch-major tensor's parts (placeholders: repeated)
+        return tf.split(value, sizes, num=parts) if parts > 1 and present else [value] * parts
+
+    def join(values):
+        return values[0] if parts == 1 else tf.concat(values, axis=0)
 
     @tf.custom_gradient
     def loop(projected, recurrent_kernel, *states):
+        masks, resets = rows(mask, has_mask), rows(reset, has_reset)
         # stop_gradient: a tape must not try to differentiate the XLA function itself
         # (its while loop's TensorLists cannot leave it); `grad` below is the gradient
-        outputs, last, final, saved = forward(
-            *tf.nest.map_structure(
-                tf.stop_gradient, (projected, mask, reset, list(states), recurrent_kernel)
-            ),
-            has_mask,
-            has_reset,
-        )
+        pieces = [
+            forward(
+                *tf.nest.map_structure(tf.stop_gradient, (x, m, r, part, recurrent_kernel)),
+                has_mask,
+                has_reset,
+            )
+            for x, m, r, *part in zip(rows(projected), masks, resets, *map(rows, states))
+        ]
+        outputs, last, final = _join_parts(pieces, len(states))
         results = [outputs, last, *final]  # outputs: (batch, time, units)
 
         def grad(*upstream):
             upstream = [tf.zeros_like(r) if u is None else u for u, r in zip(upstream, results)]
-            d_outputs, d_last, d_final = upstream[0], upstream[1], upstream[2:]
-            d_z, d_states = backward(
-                mask,
-                reset,
-                tf.transpose(recurrent_kernel),  # outside XLA: see fast.cell_backward
-                saved,
-                d_outputs,
-                d_last,
-                list(d_final),
-                has_mask,
-                has_reset,
-            )  # d_z: (batch, time, gates * units), the gradient of `projected`
+            kernel_transposed = tf.transpose(recurrent_kernel)  # outside XLA: cell_backward
+            d_zs, d_states = [], []
+            for piece, m, r, d_outputs, d_last, *d_final in zip(
+                pieces, masks, resets, *map(rows, upstream)
+            ):
+                d_z, d_part_states = backward(
+                    m,
+                    r,
+                    kernel_transposed,
+                    piece[3],  # saved
+                    d_outputs,
+                    d_last,
+                    list(d_final),
+                    has_mask,
+                    has_reset,
+                )  # d_z: (rows, time, gates * units), the gradient of the part's `projected`
+                d_zs.append(d_z)
+                d_states.append(d_part_states)
+            d_z = join(d_zs)
             units = recurrent_kernel.shape[0]
-            h_prev = tf.reshape(saved[1], [-1, units])  # (batch * time, units)
+            h_prev = tf.reshape(join([piece[3][1] for piece in pieces]), [-1, units])
             d_z_flat = tf.reshape(d_z, [-1, d_z.shape[-1]])
             d_kernel = tf.matmul(
                 tf.cast(h_prev, gradient_dtype), tf.cast(d_z_flat, gradient_dtype), transpose_a=True
             )
             d_kernel = tf.cast(d_kernel, tf.float32)
-            return [d_z, d_kernel, *d_states]
+            d_initial = [join([d[i] for d in d_states]) for i in range(len(states))]
+            return [d_z, d_kernel, *d_initial]
 
         return results, grad
 
