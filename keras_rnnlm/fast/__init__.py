@@ -16,6 +16,8 @@ Keras's own ``train_step`` trains the model.
   train step itself is a TensorFlow graph; on a CPU the batch's rows run as one compiled loop
   per core (``row_parts``), concurrently, under one gradient (one transpose of the recurrent
   kernel and one kernel-gradient product over all rows);
+* ``compiled_loop``: the same for any other cell (the reference loop XLA-compiled, its
+  gradient recomputing the forward);
 * ``output_layer``: output-layer matmuls with bfloat16 operands (float32 weights, logits and
   softmax), the output layer fused with the masked cross-entropy, its two gradient products
   run one after the other (each already uses every core);

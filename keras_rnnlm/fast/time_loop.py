@@ -8,8 +8,9 @@ computation even when the surrounding train step is a TensorFlow graph:
   ``fast.cell_backward``): the forward pass saves the per-step gate activations and input
   states, and a hand-written backward-through-time loop (also XLA) uses them; the
   ``recurrent_kernel`` gradient is one matrix product outside the loop.
-* ``compiled_time_loop`` (any other cell): the reference loop XLA-compiled, and its gradient
-  recomputes the forward inside the compiled backward computation.
+* ``compiled_time_loop`` (any other cell, ``fast.compiled_loop``): the reference loop
+  XLA-compiled, and its gradient recomputes the forward inside the compiled backward
+  computation.
 
 Rows in parallel: a batch's rows are independent through time, so on a CPU ``fast_time_loop``
 splits them into one part per core (``row_parts``) and runs one compiled loop per part; the
@@ -32,10 +33,10 @@ before a step in both loops; the explicit backward then stops the state gradient
 import functools
 import os
 
-import keras
 import tensorflow as tf
 
 from keras_rnnlm.fast.cell_backward import backward_rule
+from keras_rnnlm.fast.compiled_loop import _flag, compiled_time_loop
 
 #: fewest batch rows per part when the time loop is split across cores (``row_parts``)
 MIN_ROWS_PER_PART = 8
@@ -80,10 +81,6 @@ def row_parts(batch_size) -> int:
     return max(parts, 1)
 
 
-def _split_rows(value, sizes, parts):
-    return [None] * parts if value is None else tf.split(value, sizes, num=parts)
-
-
 def fast_time_loop(layer, projected, mask, states, reset=None, gradient_dtype="float32"):
     """``layer._time_loop`` on the fast path: explicit backward when the cell has a rule,
     the batch's rows split into ``row_parts`` parts run concurrently.
@@ -108,8 +105,6 @@ def fast_time_loop(layer, projected, mask, states, reset=None, gradient_dtype="f
     parts = row_parts(projected.shape[0])
     if backward_rule(layer.cell) is not None:  # the parts share one backward (see there)
         return explicit_time_loop(layer, projected, mask, states, reset, gradient_dtype, parts)
-    if parts == 1:
-        return compiled_time_loop(layer, projected, mask, states, reset)
     sizes = _part_sizes(projected, parts)
     pieces = [
         compiled_time_loop(layer, x, m, list(s), r)
@@ -124,106 +119,33 @@ def fast_time_loop(layer, projected, mask, states, reset=None, gradient_dtype="f
 
 
 def _part_sizes(batch_major, parts):
-    """Rows per part: part i gets rows ``[i * batch // parts, (i + 1) * batch // parts)``."""
+    """Rows per part (None for one part): part i gets rows ``[i * batch // parts, (i + 1) *
+    batch // parts)``."""
+    if parts == 1:
+        return None
     batch = tf.shape(batch_major)[0]
     bounds = [batch * i // parts for i in range(parts + 1)]
     return tf.stack([bounds[i + 1] - bounds[i] for i in range(parts)])
 
 
+def _split_rows(value, sizes, parts):
+    """A batch-major tensor's row parts (``[None] * parts`` for None, ``[value]`` for one)."""
+    if value is None:
+        return [None] * parts
+    return [value] if parts == 1 else tf.split(value, sizes, num=parts)
+
+
+def _join_rows(values):
+    """The whole batch from its row parts (``_split_rows`` undone)."""
+    return values[0] if len(values) == 1 else tf.concat(values, axis=0)
+
+
 def _join_parts(pieces, num_states):
     """``(outputs, last, final_states)`` of the whole batch from its parts' results."""
-    outputs = tf.concat([piece[0] for piece in pieces], axis=0)
-    last = tf.concat([piece[1] for piece in pieces], axis=0)
-    final = [tf.concat([piece[2][i] for piece in pieces], axis=0) for i in range(num_states)]
+    outputs = _join_rows([piece[0] for piece in pieces])
+    last = _join_rows([piece[1] for piece in pieces])
+    final = [_join_rows([piece[2][i] for piece in pieces]) for i in range(num_states)]
     return outputs, last, final
-
-
-def _flag(value, dtype=tf.bool):
-    """``(value or a placeholder scalar, whether it was given)``: XLA functions need tensors."""
-    if value is None:
-        return tf.zeros((), dtype), False
-    return tf.cast(value, dtype), True
-
-
-def _pure_time_loop(layer, projected, mask, states, weights, reset=None):
-    """``_time_loop`` with the cell's weights given as tensors (a pure function)."""
-    mapping = list(zip(layer.cell.trainable_weights, weights))
-    with keras.StatelessScope(state_mapping=mapping):
-        return layer._time_loop(projected, mask, states, reset)
-
-
-def _xla_functions(layer):
-    functions = layer.__dict__.get("_xla_loop_functions")
-    if functions is not None:
-        return functions
-
-    def forward(projected, mask, reset, states, weights, has_mask, has_reset):
-        return _pure_time_loop(
-            layer,
-            projected,
-            mask if has_mask else None,
-            states,
-            weights,
-            reset if has_reset else None,
-        )
-
-    def backward(projected, mask, reset, states, weights, has_mask, has_reset, upstream):
-        # recompute the forward inside the same XLA computation: the while loop's saved
-        # intermediates (TensorLists) cannot be outputs of an XLA function
-        with tf.GradientTape() as tape:
-            tape.watch([projected, states, weights])
-            outputs, last, final = forward(
-                projected, mask, reset, states, weights, has_mask, has_reset
-            )
-        return tape.gradient(
-            [outputs, last, *final],
-            [projected, states, weights],
-            output_gradients=upstream,
-            unconnected_gradients=tf.UnconnectedGradients.ZERO,
-        )
-
-    functions = (
-        tf.function(forward, jit_compile=True),
-        tf.function(backward, jit_compile=True),
-    )
-    object.__setattr__(layer, "_xla_loop_functions", functions)  # untracked: never saved
-    return functions
-
-
-def compiled_time_loop(layer, projected, mask, states, reset=None):
-    """``_time_loop`` as one XLA computation, and its gradient as another (``jit_time_loop``).
-
-    TensorFlow cannot differentiate an XLA function holding a while loop through its
-    saved intermediates, so the gradient recomputes the loop's forward pass (one extra
-    recurrence forward, inside the compiled backward computation).
-    """
-    forward, backward = _xla_functions(layer)
-    mask, has_mask = _flag(mask)
-    reset, has_reset = _flag(reset)
-    weights = [tf.convert_to_tensor(w) for w in layer.cell.trainable_weights]
-    num_states = len(states)
-
-    @tf.custom_gradient
-    def loop(projected, mask, *flat):
-        states, weights = list(flat[:num_states]), list(flat[num_states:])
-        outputs, last, final = forward(  # stop_gradient: see _explicit_time_loop
-            *tf.nest.map_structure(tf.stop_gradient, (projected, mask, reset, states, weights)),
-            has_mask,
-            has_reset,
-        )
-        results = [outputs, last, *final]
-
-        def grad(*upstream):
-            upstream = [tf.zeros_like(r) if u is None else u for u, r in zip(upstream, results)]
-            d_projected, d_states, d_weights = backward(
-                projected, mask, reset, states, weights, has_mask, has_reset, upstream
-            )
-            return [d_projected, None, *d_states, *d_weights]
-
-        return results, grad
-
-    outputs, last, *final = loop(projected, mask, *states, *weights)
-    return outputs, last, list(final)
 
 
 def _explicit_xla_functions(layer, rule):
@@ -351,20 +273,18 @@ def explicit_time_loop(
     transpose and a product per part.
     """
     forward, backward = _explicit_xla_functions(layer, backward_rule(layer.cell))
-    mask, has_mask = _flag(mask)
-    reset, has_reset = _flag(reset)
+    has_mask, has_reset = mask is not None, reset is not None
     recurrent_kernel = tf.convert_to_tensor(layer.cell.recurrent_kernel)
-    sizes = _part_sizes(projected, parts) if parts > 1 else None
+    sizes = _part_sizes(projected, parts)
 
-    def rows(value, present=True):  # a batch-major tensor's parts (placeholders: repeated)
-        return tf.split(value, sizes, num=parts) if parts > 1 and present else [value] * parts
+    def rows(value):
+        return _split_rows(value, sizes, parts)
 
-    def join(values):
-        return values[0] if parts == 1 else tf.concat(values, axis=0)
+    masks = [_flag(m)[0] for m in rows(mask)]
+    resets = [_flag(r)[0] for r in rows(reset)]
 
     @tf.custom_gradient
     def loop(projected, recurrent_kernel, *states):
-        masks, resets = rows(mask, has_mask), rows(reset, has_reset)
         # stop_gradient: a tape must not try to differentiate the XLA function itself
         # (its while loop's TensorLists cannot leave it); `grad` below is the gradient
         pieces = [
@@ -398,15 +318,15 @@ def explicit_time_loop(
                 )  # d_z: (rows, time, gates * units), the gradient of the part's `projected`
                 d_zs.append(d_z)
                 d_states.append(d_part_states)
-            d_z = join(d_zs)
+            d_z = _join_rows(d_zs)
             units = recurrent_kernel.shape[0]
-            h_prev = tf.reshape(join([piece[3][1] for piece in pieces]), [-1, units])
+            h_prev = tf.reshape(_join_rows([piece[3][1] for piece in pieces]), [-1, units])
             d_z_flat = tf.reshape(d_z, [-1, d_z.shape[-1]])
             d_kernel = tf.matmul(
                 tf.cast(h_prev, gradient_dtype), tf.cast(d_z_flat, gradient_dtype), transpose_a=True
             )
             d_kernel = tf.cast(d_kernel, tf.float32)
-            d_initial = [join([d[i] for d in d_states]) for i in range(len(states))]
+            d_initial = [_join_rows([d[i] for d in d_states]) for i in range(len(states))]
             return [d_z, d_kernel, *d_initial]
 
         return results, grad
