@@ -269,3 +269,60 @@ def test_fused_train_step_falls_back_for_other_metrics_and_sample_weights():
         for name in reference_logs:
             np.testing.assert_allclose(fast_logs[name], reference_logs[name], rtol=1e-5)
     assert "masked_accuracy" in runs["auto"][0]
+
+
+def test_trim_trailing_padding_keeps_every_column_with_a_real_token():
+    from keras_rnnlm.fast.train_step import trim_trailing_padding
+
+    x = np.zeros((3, 20), "int32")
+    y = np.zeros((3, 20), "int32")
+    x[0, :4], y[0, :4] = 5, 6
+    y[2, 10] = 7  # a real target beyond every real input: its column stays
+    x[1, 0] = 9  # a middle column of padding (1..9) is not trailing: kept
+    for multiple, length in ((1, 11), (8, 16), (32, 20)):
+        tx, ty = trim_trailing_padding(tf.constant(x), tf.constant(y), multiple)
+        assert tx.shape == ty.shape == (3, length)
+        np.testing.assert_array_equal(tx, x[:, :length])
+        np.testing.assert_array_equal(ty, y[:, :length])
+    empty = tf.zeros((2, 5), tf.int32)  # nothing real: one step kept
+    assert trim_trailing_padding(empty, empty)[0].shape == (2, 1)
+
+
+@pytest.mark.parametrize("output_dtype", ["float32", "bfloat16"])
+def test_fused_step_skips_trailing_padding_and_trains_like_keras(output_dtype, monkeypatch):
+    # sentence batches 24 wide whose longest row has 6 tokens: the fast step's time loops run
+    # 8 steps (asserted inside the traced step), and training equals Keras's train_step on
+    # the full width
+    import keras_rnnlm.recurrent as recurrent
+
+    x = np.zeros((4, 24), "int32")
+    y = np.zeros((4, 24), "int32")
+    for row, length in enumerate((6, 3, 5, 1)):
+        x[row, :length] = RNG.integers(1, 40, size=length)
+        y[row, :length] = RNG.integers(1, 40, size=length)
+    loop = recurrent.fast_time_loop
+
+    def checked_loop(layer, projected, *args, **kwargs):
+        steps = tf.shape(projected)[1]
+        with tf.control_dependencies([tf.debugging.assert_equal(steps, 8)]):
+            projected = tf.identity(projected)
+        return loop(layer, projected, *args, **kwargs)
+
+    monkeypatch.setattr(recurrent, "fast_time_loop", checked_loop)
+    runs = {}
+    for implementation in ("fast", "reference"):
+        keras.utils.set_random_seed(4)
+        model = RNNLanguageModel(
+            40, units=8, embedding_dim=8, output_dtype=output_dtype, implementation=implementation
+        )
+        model.build((None, None))
+        compile_language_model(model, "sgd", learning_rate=1.0, clip_norm=0.5)
+        history = model.fit(x, y, batch_size=4, epochs=3, verbose=0, shuffle=False)
+        runs[implementation] = history.history, [w.numpy() for w in model.weights]
+    (fast_logs, fast_weights), (keras_logs, keras_weights) = runs["fast"], runs["reference"]
+    # bf16: the output and projection products' operand rounding (as the fused-step test)
+    rtol, atol = (1e-5, 1e-6) if output_dtype == "float32" else (1e-3, 1e-3)
+    for name in keras_logs:
+        np.testing.assert_allclose(fast_logs[name], keras_logs[name], rtol=rtol)
+    for a, b in zip(fast_weights, keras_weights, strict=True):
+        np.testing.assert_allclose(a, b, atol=atol)

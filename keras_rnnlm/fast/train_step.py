@@ -23,6 +23,10 @@ JIT_RECURRENCE = "recurrence"
 #: run one after the other instead of side by side.
 DEFER_OUTPUT_WEIGHT_GRADIENTS = True
 
+#: A stateless model's batch is cut after its last column holding a real token (input or
+#: target), rounded up to a multiple of this many steps (few distinct lengths to compile).
+TRIM_MULTIPLE = 8
+
 
 def fast_path_supported(model: keras.Model, jit_compile="auto") -> bool:
     """Whether ``implementation="auto"`` picks the fast path for ``model`` here.
@@ -101,6 +105,42 @@ def finish_compile(model, jit_compile) -> None:
     compat.set_compile_config_value(model, "jit_compile", jit_compile)
 
 
+def trim_trailing_padding(x, y, multiple: int = TRIM_MULTIPLE):
+    """``(x, y)`` without the trailing time steps that are padding in every row.
+
+    Such steps change nothing: the recurrent layers pass their states through masked steps
+    and the loss skips padded targets. Bucketed sentence batches are padded to their
+    bucket's boundary (``keras_rnnlm.data.sentence_dataset``: a catch-all last bucket is
+    much wider than most of its sentences), and ``pad_sequences(..., maxlen=...)`` pads to a
+    fixed width; the fast step skips those columns (as ``pack_padded_sequence`` would in a
+    PyTorch loop). The kept length is rounded up to a multiple
+    of ``multiple`` (at most the batch's width), so a data set compiles few new shapes.
+
+    Args:
+        x: int ``(batch, time)`` input ids, 0 = padding.
+        y: int ``(batch, time)`` target ids, 0 = padding.
+        multiple: round the kept length up to a multiple of this.
+
+    Returns:
+        ``(x[:, :length], y[:, :length])``; at least one step is kept.
+
+    Example:
+
+    >>> ids = tf.constant([[5, 0, 0], [7, 0, 0]])
+    >>> trim_trailing_padding(ids, ids, multiple=1)[0].shape
+    TensorShape([2, 1])
+    """
+    steps = tf.shape(x)[1]
+    real = tf.logical_or(tf.not_equal(x, 0), tf.not_equal(y, 0))
+    last = tf.reduce_max(tf.where(real, tf.range(1, steps + 1)[None, :], 0))  # 0: none
+    length = tf.minimum(steps, tf.maximum((last + multiple - 1) // multiple * multiple, 1))
+    return x[:, :length], y[:, :length]
+
+
+def _is_id_matrix(value) -> bool:
+    return tf.is_tensor(value) and value.shape.rank == 2 and value.dtype.is_integer
+
+
 def fused_train_step(model, data):
     """The fast path's train step (output layer fused with the loss), or None to fall back.
 
@@ -119,6 +159,8 @@ def fused_train_step(model, data):
         or tf.distribute.get_strategy().num_replicas_in_sync != 1
     ):
         return None
+    if not getattr(model, "stateful", True) and _is_id_matrix(x) and _is_id_matrix(y):
+        x, y = trim_trailing_padding(x, y)
     with tf.GradientTape() as tape:
         hidden, _ = model.hidden_states(x, training=True)  # (batch, time, units)
         weights = list(model.trainable_weights)
