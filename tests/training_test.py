@@ -288,12 +288,33 @@ def test_trim_trailing_padding_keeps_every_column_with_a_real_token():
     assert trim_trailing_padding(empty, empty)[0].shape == (2, 1)
 
 
+def test_real_target_positions_puts_real_rows_first_and_rounds_up():
+    from keras_rnnlm.fast.train_step import real_target_positions
+
+    targets = tf.constant([0, 4, 0, 0, 7, 9, 0, 0, 0, 0], tf.int32)
+    hidden = tf.reshape(tf.range(20, dtype=tf.float32), (10, 2))
+    for multiple, expected in ((1, [1, 4, 5]), (4, [1, 4, 5, 0]), (8, [1, 4, 5, 0, 2, 3, 6, 7])):
+        rows, kept = real_target_positions(hidden, targets, multiple)
+        np.testing.assert_array_equal(kept, tf.gather(targets, expected))
+        np.testing.assert_array_equal(rows, tf.gather(hidden, expected))
+    assert real_target_positions(hidden, targets, 16)[1].shape == (10,)  # at most all rows
+    assert real_target_positions(hidden, tf.zeros(10, tf.int32), 4)[1].shape == (4,)
+    with tf.GradientTape() as tape:  # each kept row's gradient goes back to its position
+        tape.watch(hidden)
+        rows, _ = real_target_positions(hidden, targets, 4)
+        total = tf.reduce_sum(rows * tf.constant([[1.0], [2.0], [3.0], [4.0]]))
+    expected = np.zeros((10, 2), "float32")
+    expected[[1, 4, 5, 0]] = [[1.0], [2.0], [3.0], [4.0]]
+    np.testing.assert_array_equal(tf.convert_to_tensor(tape.gradient(total, hidden)), expected)
+
+
 @pytest.mark.parametrize("output_dtype", ["float32", "bfloat16"])
 def test_fused_step_skips_trailing_padding_and_trains_like_keras(output_dtype, monkeypatch):
     # sentence batches 24 wide whose longest row has 6 tokens: the fast step's time loops run
-    # 8 steps (asserted inside the traced step), and training equals Keras's train_step on
-    # the full width
+    # 8 steps and its output layer 16 rows (15 real targets; asserted inside the traced
+    # step), and training equals Keras's train_step on the full width
     import keras_rnnlm.recurrent as recurrent
+    from keras_rnnlm.fast import train_step
 
     x = np.zeros((4, 24), "int32")
     y = np.zeros((4, 24), "int32")
@@ -308,7 +329,16 @@ def test_fused_step_skips_trailing_padding_and_trains_like_keras(output_dtype, m
             projected = tf.identity(projected)
         return loop(layer, projected, *args, **kwargs)
 
+    output_layer = train_step.output_layer_cross_entropy
+
+    def checked_output_layer(hidden, *args, **kwargs):
+        with tf.control_dependencies([tf.debugging.assert_equal(tf.shape(hidden)[0], 16)]):
+            hidden = tf.identity(hidden)
+        return output_layer(hidden, *args, **kwargs)
+
     monkeypatch.setattr(recurrent, "fast_time_loop", checked_loop)
+    monkeypatch.setattr(train_step, "output_layer_cross_entropy", checked_output_layer)
+    monkeypatch.setattr(train_step, "POSITION_MULTIPLE", 4)
     runs = {}
     for implementation in ("fast", "reference"):
         keras.utils.set_random_seed(4)
