@@ -30,7 +30,10 @@ Keras's own ``train_step`` trains the model.
 * ``adam``: Adam as TensorFlow's one-pass ``ApplyAdam`` kernel per variable;
 * ``train_step``: the one place that decides (at ``compile``) and runs (``train_step``) it;
   there the output layer's weight gradients come after every other gradient (a running
-  product holds one of TensorFlow's inter-op threads, which the layers' row parts need).
+  product holds one of TensorFlow's inter-op threads, which the layers' row parts need), and
+  a stateless model's batch skips its padding work: the trailing columns that are padding in
+  every row, and padded targets in the output layer (``trim_trailing_padding``,
+  ``real_target_positions``).
 
 **How one is chosen.** ``RNNLanguageModel(implementation=...)`` is saved in the model's
 config (old ``.keras`` files without it load as ``"auto"``):
