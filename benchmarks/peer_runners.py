@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -452,9 +453,15 @@ class _Worker:
         return {"framework": self.framework, "pid": os.getpid(), **info, "runners": reply}
 
     def run(self, name):
-        started = time.time()
+        started, before = time.time(), resource.getrusage(resource.RUSAGE_SELF)
         figures = self.runners[name].run()
-        return {"name": name, "started": started, "finished": time.time(), **figures}
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        # this process's CPU time over the epoch (it runs nothing else meanwhile): cores busy,
+        # and the system time (page faults of per-step buffers) that moves between processes
+        cpu = dict(
+            user_s=after.ru_utime - before.ru_utime, system_s=after.ru_stime - before.ru_stime
+        )
+        return {"name": name, "started": started, "finished": time.time(), **figures, **cpu}
 
     def imported(self):
         return {"tensorflow": "tensorflow" in sys.modules, "torch": "torch" in sys.modules}
@@ -623,6 +630,13 @@ def run_peers(
             records.append({"first": order[0], "order": order, "figures": figures})
             log(f"round {r + 1} ({order[0]} first): "
                 + ", ".join(f"{n} {f['tokens_per_s']:,.0f}" for n, f in figures.items()))  # fmt: skip
+        log("\nCPU per round, median (user + system seconds over wall seconds = cores busy):")
+        for name in runners:
+            figures = [record["figures"][name] for record in records]
+            user = statistics.median(f["user_s"] for f in figures)
+            system = statistics.median(f["system_s"] for f in figures)
+            cores = statistics.median((f["user_s"] + f["system_s"]) / f["seconds"] for f in figures)
+            log(f"  {name:32s} user {user:6.2f} s, system {system:5.2f} s, {cores:.2f} cores")
         return {"setup": setup, "rounds": records, "speeds": speeds}
     finally:
         for worker in workers.values():

@@ -131,9 +131,11 @@ def test_figures_are_well_formed(results, workloads):
             batches = workloads[runners[name][1]["workload"]][1]
             real = sum(int(np.count_nonzero(y)) for _, y in batches)  # padding id 0 excluded
             assert figure["tokens_per_s"] == pytest.approx(real / figure["seconds"])
+            assert figure["user_s"] > 0 and figure["system_s"] >= 0  # the worker's CPU time
     for name, speeds in out["speeds"].items():
         assert speeds == [r["figures"][name]["tokens_per_s"] for r in out["rounds"]]
     assert sum(line.startswith("round ") for line in lines) == ROUNDS
+    assert any(line.lstrip().startswith("CPU per round") for line in lines)
 
 
 def test_order_alternates_between_rounds(results):
