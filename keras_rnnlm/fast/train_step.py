@@ -117,8 +117,8 @@ def trim_trailing_padding(x, y, multiple: int = TRIM_MULTIPLE):
     bucket's boundary (``keras_rnnlm.data.sentence_dataset``: a catch-all last bucket is
     much wider than most of its sentences), and ``pad_sequences(..., maxlen=...)`` pads to a
     fixed width; the fast step skips those columns (as ``pack_padded_sequence`` would in a
-    PyTorch loop). The kept length is rounded up to a multiple
-    of ``multiple`` (at most the batch's width), so a data set compiles few new shapes.
+    PyTorch loop). The kept length is rounded up to a multiple of ``multiple`` (at most the
+    batch's width), so a data set compiles few new shapes.
 
     Args:
         x: int ``(batch, time)`` input ids, 0 = padding.
@@ -147,8 +147,9 @@ def real_target_positions(hidden, targets, multiple: int = POSITION_MULTIPLE):
 
     The output layer and the loss do nothing for a padded target (its loss weight is 0), but
     its logits cost as much as a real one's: after ``trim_trailing_padding``, 18% of the
-    positions of the README's first 100 sentence batches are padding. Rows keep their gradient: the gather's gradient puts each row's
-    back at its position (zeros at the positions left out).
+    positions of the README's first 100 sentence batches are padding. Rows keep their
+    gradient: the gather's gradient puts each row's back at its position (zeros at the
+    positions left out).
 
     Args:
         hidden: ``(positions, units)`` last-layer outputs.
@@ -165,8 +166,9 @@ def real_target_positions(hidden, targets, multiple: int = POSITION_MULTIPLE):
     [3, 5]
     """
     real = tf.not_equal(targets, 0)
-    order = tf.concat([tf.where(real)[:, 0], tf.where(tf.logical_not(real))[:, 0]], axis=0)
-    count = tf.reduce_sum(tf.cast(real, tf.int32))
+    real_rows = tf.where(real)[:, 0]
+    order = tf.concat([real_rows, tf.where(tf.logical_not(real))[:, 0]], axis=0)
+    count = tf.shape(real_rows)[0]
     rows = tf.minimum(
         tf.shape(targets)[0], tf.maximum((count + multiple - 1) // multiple, 1) * multiple
     )
