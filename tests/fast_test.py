@@ -354,6 +354,6 @@ def test_fast_training_step_gathers_embeddings_and_computes_output_weight_gradie
     products = [  # [hidden, 1]^T @ d_logits: (units + 1, vocabulary)
         op
         for op in names["MatMul"]
-        if op.get_attr("transpose_a") and tuple(op.outputs[0].shape) == (9, 60)
+        if tuple(op.outputs[0].shape) == (9, 60)
     ]
     assert len(products) == 1 and waits(products[0]), "the weight gradients do not wait"
