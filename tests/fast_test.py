@@ -352,8 +352,6 @@ def test_fast_training_step_gathers_embeddings_and_computes_output_weight_gradie
         return depth > 0 and any(waits(i.op, depth - 1) for i in op.inputs)
 
     products = [  # [hidden, 1]^T @ d_logits: (units + 1, vocabulary)
-        op
-        for op in names["MatMul"]
-        if tuple(op.outputs[0].shape) == (9, 60)
+        op for op in names["MatMul"] if tuple(op.outputs[0].shape) == (9, 60)
     ]
     assert len(products) == 1 and waits(products[0]), "the weight gradients do not wait"
