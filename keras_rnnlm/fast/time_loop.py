@@ -16,8 +16,9 @@ Rows in parallel: a batch's rows are independent through time, so on a CPU ``fas
 splits them into one part per core (``row_parts``) and runs one compiled loop per part; the
 TensorFlow executor launches the parts' XLA computations concurrently. Their per-step dots and
 fusions run as tasks on TensorFlow's intra-op pool, where the parts contend (two parts side
-by side took 1.5-2x one part's time per step), yet one loop over all rows was slower still
-(0.88x of a PTB-small training step; ``benchmarks/RESULTS.md``, session 13). With
+by side took 1.5-2x one part's time per step in microbenchmarks; ~75 against ~60 us per step
+in a PTB-small training step), yet one loop over all rows was slower still (0.88x of that
+step; ``benchmarks/RESULTS.md``, session 13). With
 the explicit backward the parts share one gradient: one transpose of the recurrent kernel and
 one kernel-gradient product over all rows (one of each per part cost 1.02-1.11x of a training
 step, ``benchmarks/RESULTS.md``).
