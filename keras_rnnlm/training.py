@@ -76,11 +76,12 @@ def compile_language_model(
             XLA-compile the whole train step (reference path). ``False``: a TensorFlow graph
             without XLA (reference path). ``"recurrence"``: the fast path (old spelling).
         steps_per_execution: training steps per call of the compiled train function (Keras's
-            ``compile`` argument). With SGD the steps and their results are those of 1
+            ``compile`` argument). The steps and their results are those of 1
             (``tests/training_test.py``: equal weights and logs on the fast path, stream and
-            sentence batches; with Adam, Keras's own step drifts from 1 in the second epoch,
-            ~5e-4 in the weights, on both paths); per-batch callbacks then run once per call,
-            so ``GradientNormMonitor`` needs 1. Measured: 10 ran the PTB-small and the README's
+            sentence batches; on a dataset of unknown cardinality Keras's one-step loop counts
+            an extra optimizer iteration per epoch, which moves Adam's bias correction, and
+            the multi-step loop does not); per-batch callbacks then run once per call, so
+            ``GradientNormMonitor`` needs 1. Measured: 10 ran the PTB-small and the README's
             sentence training 1.09x and 1.08x faster (``benchmarks/RESULTS.md``, session 14).
 
     Returns:
