@@ -24,7 +24,10 @@ one persistent worker process per framework (``python peer_runners.py --worker t
 lines over stdin/stdout), has the TensorFlow worker write the batches once to an ``.npz`` that
 both workers load, and runs rounds in which the framework that goes first alternates, with a
 short pause after every runner. Only one worker computes at a time; the other waits on its stdin.
-``in_process`` is the old mode (both frameworks in one process).
+``--runners NAME ...`` runs a subset: one of ours and one PyTorch runner then each train alone
+in their worker process, as a user's training runs (a runner's speed can depend on what ran
+before it in the same process: ``benchmarks/RESULTS.md``, session 14). ``in_process`` is the
+old mode (both frameworks in one process).
 """
 
 from __future__ import annotations
@@ -717,17 +720,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument(
         "--pause", type=float, default=1.0, help="seconds of sleep after each runner"
     )
+    parser.add_argument(
+        "--runners",
+        nargs="+",
+        choices=list(RUNNERS),
+        metavar="NAME",
+        help="only these runners (default: all); e.g. one of ours and one PyTorch runner, "
+        "each then alone in its framework's worker",
+    )
     parser.add_argument("--in-process", action="store_true", help="the old mode: one process")
     parser.add_argument("--workdir", help="batches and worker logs (default: a temp dir)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     start = time.time()
+    runners = {name: RUNNERS[name] for name in args.runners} if args.runners else None
     if args.in_process:
-        results = in_process(rounds=args.rounds, steps=args.steps)
+        results = in_process(runners, rounds=args.rounds, steps=args.steps)
     else:
         workdir = args.workdir or tempfile.mkdtemp(prefix="peers_")
         print(f"workers' logs and batches: {workdir}")
-        results = run_peers(workdir, rounds=args.rounds, steps=args.steps, pause=args.pause)
+        results = run_peers(
+            workdir, runners, rounds=args.rounds, steps=args.steps, pause=args.pause
+        )
     protocol = "one-process" if args.in_process else "two-process alternating"
     results["ratios"] = report(results["speeds"], args.rounds, args.steps, protocol)
     print(f"\nwall time {time.time() - start:.0f} s")

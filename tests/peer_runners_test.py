@@ -290,3 +290,20 @@ def test_same_weights_same_first_steps(peers, workloads):
     assert steps["ours_loss"][0] == pytest.approx(math.log(vocabulary_size), abs=0.05)
     assert max(steps["max_weight_diff"]) < 1e-5
     assert all(n > 0 for n in steps["torch_grad_norm"])
+
+
+def test_runners_option_selects_a_subset(peers, monkeypatch, capsys):
+    seen = {}
+
+    def fake_in_process(runners=None, rounds=9, steps=100, log=print):
+        seen.update(runners=runners, rounds=rounds, steps=steps)
+        return {"speeds": {name: [2.0, 4.0] for name in runners}}
+
+    monkeypatch.setattr(peers, "in_process", fake_in_process)
+    pair = ["ptb ours defaults numpy", "ptb torch autocast-bf16"]
+    out = peers.main(["--in-process", "--rounds", "2", "--steps", "3", "--runners", *pair])
+    assert seen == {"runners": {n: peers.RUNNERS[n] for n in pair}, "rounds": 2, "steps": 3}
+    assert out["ratios"] == {"PTB, defaults vs autocast (bf16)": [1.0, 1.0]}
+    with pytest.raises(SystemExit):
+        peers.main(["--runners", "ptb ours nothing"])
+    assert "invalid choice" in capsys.readouterr().err
