@@ -83,8 +83,9 @@ class GradientNormMonitor(keras.callbacks.Callback):
         self._optimizer = self.model.optimizer
 
         def apply_gradients(original, grads_and_vars):
-            self._record([g for g, _ in grads_and_vars if g is not None])
-            return original(grads_and_vars)
+            recorded = self._record([g for g, _ in grads_and_vars if g is not None])
+            with tf.control_dependencies(recorded):
+                return original(grads_and_vars)
 
         wrap_apply_gradients(self._optimizer, apply_gradients)
         self.model.make_train_function(force=True)
@@ -117,10 +118,12 @@ class GradientNormMonitor(keras.callbacks.Callback):
                 fired = keras_norm > optimizer.global_clipnorm
         elif getattr(optimizer, "clipnorm", None):
             fired = max_var > optimizer.clipnorm
-        self._values["grad_norm"].assign(tf.cast(tf.linalg.global_norm(dense), "float32"))
-        self._values["keras_grad_norm"].assign(keras_norm)
-        self._values["max_variable_norm"].assign(max_var)
-        self._values["clipped"].assign(tf.cast(fired, "float32"))
+        return [
+            self._values["grad_norm"].assign(tf.cast(tf.linalg.global_norm(dense), "float32")),
+            self._values["keras_grad_norm"].assign(keras_norm),
+            self._values["max_variable_norm"].assign(max_var),
+            self._values["clipped"].assign(tf.cast(fired, "float32")),
+        ]
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_values = {key: [] for key in self.KEYS}
