@@ -3,6 +3,7 @@ exact evaluation, and the Zaremba et al. (2014) presets."""
 
 import dataclasses
 import math
+import numbers
 
 import keras
 
@@ -92,7 +93,9 @@ def compile_language_model(
     >>> compile_language_model(RNNLanguageModel(1000), "adam", 0.002)
     """
     is_lm = isinstance(model, RNNLanguageModel)
-    if isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, int):
+    if isinstance(steps_per_execution, bool) or not isinstance(
+        steps_per_execution, numbers.Integral
+    ):
         raise TypeError(f"steps_per_execution must be an int, got {steps_per_execution!r}.")
     if steps_per_execution < 1:
         raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}.")
@@ -111,7 +114,7 @@ def compile_language_model(
         loss=MaskedLanguageModelLoss(jit_compile=xla_loss),
         metrics=metrics,
         jit_compile=jit_compile,
-        steps_per_execution=steps_per_execution,
+        steps_per_execution=int(steps_per_execution),
     )
     return model
 
