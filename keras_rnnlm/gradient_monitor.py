@@ -100,7 +100,9 @@ class GradientNormMonitor(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
 
     def _record(self, grads):
-        """Store this step's norms and clipping decision (runs inside the train function)."""
+        """Store this step's norms and clipping decision (runs inside the train function);
+        returns the assignments, which the update waits for (run beside it, they changed the
+        trained weights: ``tests/gradients_test.py``)."""
         optimizer = self._optimizer
         dense = [_dense(g) for g in grads]  # a dense gradient has no repeated rows
         exact = isinstance(optimizer, ClipAfterCrossReplicaSum)
